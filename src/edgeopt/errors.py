@@ -1,0 +1,78 @@
+"""The error types users see.
+
+Every error edgeopt raises on bad input is one of these. Each carries a one-line
+message that says what is wrong and what to do; the CLI prints ``Name: message``
+and exits with status 2, never a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class EdgeoptError(Exception):
+    """Base class of every error edgeopt raises on purpose."""
+
+    exit_code = 2
+
+    def one_line(self) -> str:
+        """The message as one line, for the terminal."""
+        text = " ".join(str(self).split())
+        return f"{type(self).__name__}: {text}"
+
+
+class ConfigError(EdgeoptError, ValueError):
+    """A configuration value is invalid (raised before any work starts)."""
+
+
+class DataError(EdgeoptError):
+    """A dataset path, format or split is wrong."""
+
+
+class ModelLoadError(EdgeoptError):
+    """A checkpoint is missing, corrupt, foreign, or does not fit the architecture."""
+
+
+class UnsupportedModelError(EdgeoptError):
+    """The model has a layer or shape that a backend cannot handle."""
+
+
+class MissingDependencyError(EdgeoptError, ImportError):
+    """An optional dependency is not installed; the message gives the pip command."""
+
+
+class ExportMismatchError(EdgeoptError):
+    """An exported artifact's outputs differ from the PyTorch model beyond tolerance."""
+
+
+class ArtifactError(EdgeoptError):
+    """An artifact file is missing, corrupt, truncated or does not match the data."""
+
+
+class NumericalError(EdgeoptError):
+    """NaN or Inf appeared in weights, inputs or the loss."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import an optional module or raise MissingDependencyError with the pip command.
+
+    Args:
+        module: the module to import, e.g. ``"openvino"``.
+        extra: the edgeopt extra that installs it, e.g. ``"openvino"``.
+        what: what needs it, e.g. ``"OpenVINO export"``.
+
+    Returns:
+        The imported module.
+
+    Raises:
+        MissingDependencyError: if the module cannot be imported.
+
+    Example:
+        >>> np = require("numpy", "dev", "the tests")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            f"{what} needs the '{extra}' extra: pip install \"edgeopt[{extra}]\" ({exc})"
+        ) from exc
