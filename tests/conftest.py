@@ -1,0 +1,35 @@
+"""Tiny shared fixtures. Tests mirror the package layout (tests/<subpackage>/)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests are run on 2-core machines beside other work: keep torch to one thread by
+# default so that timing-insensitive tests do not fight over cores.
+torch.set_num_threads(int(os.environ.get("EDGEOPT_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data():
+    """A small deterministic 3x16x16, 10-class dataset (no files needed)."""
+    from edgeopt.data import get_dataset
+
+    return get_dataset("synthetic")
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    """scikit-learn's real 8x8 digits (1,797 images, shipped with the package)."""
+    from edgeopt.data import get_dataset
+
+    return get_dataset("digits")
+
+
+@pytest.fixture
+def tiny_spec():
+    from edgeopt.spec import ModelSpec
+
+    return ModelSpec((3, 16, 16), 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dataset="synthetic")
