@@ -1,0 +1,41 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Each creates .venv if it is missing and installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgeopt-installed
+
+.PHONY: demo test test-fast install bench clean help
+
+help:
+	@echo "make demo       create .venv, install, run the demo (digits -> train -> ONNX -> report)"
+	@echo "make test       create .venv, install with the dev extra, run the whole test suite"
+	@echo "make test-fast  the tests without the real-data runs marked slow"
+	@echo "make bench      run the benchmarks in bench/ and rewrite docs/benchmarks.md"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install when the project's dependencies change.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip check
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgeopt demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,55 @@
+"""Output helpers shared by the subcommands: rich tables, JSON, key=value arguments."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from edgeopt.errors import ConfigError
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
+    """A rich table on stdout (first column left-aligned, the others right-aligned)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for r in rows:
+        table.add_row(*[str(c) for c in r])
+    console().print(table)
+
+
+def emit_json(obj: Any) -> None:
+    from edgeopt._io import _json_default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def parse_kv(items: list[str] | None, what: str = "--model-arg") -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are read as YAML scalars (``0.5`` -> float)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{what} expects key=value, got '{item}'")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def dump_config(cfg: Any) -> None:
+    """Print the config a command would run, as YAML a user can save and pass with --config."""
+    sys.stdout.write(cfg.dump("yaml"))
+
+
+def drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}

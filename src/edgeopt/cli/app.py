@@ -1,0 +1,304 @@
+"""The ``edgeopt`` command. Subcommands only build configs and call the Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeopt.cli._common import (
+    drop_none, dump_config, emit_json, parse_kv, print_table,
+)
+
+app = typer.Typer(
+    help=(
+        "edgeopt: make PyTorch vision models fit edge devices. Train, export and measure "
+        "every variant (accuracy, latency, size, memory, energy estimate) on the real artifact."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+DumpOpt = Annotated[bool, typer.Option("--dump-config", help="Print the config this command would run (YAML) and exit.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file with the config; flags override it.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset: digits, mnist, fashion-mnist, cifar10, imagefolder:PATH (see `edgeopt datasets`).")]
+DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the dataset files (default: search $EDGEOPT_DATA, ~/.cache/edgeopt, system folders).")]
+DownloadOpt = Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download the dataset with torchvision if it is not found locally.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="Inference threads (set explicitly for honest latency).")]
+
+
+def _data_config(base, name, root, download):
+    from edgeopt.pipeline import DataConfig
+
+    d = base.to_dict() if base is not None else {}
+    d.update(drop_none({"name": name, "root": root, "download": download}))
+    return DataConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option(help="Model: a zoo name (`edgeopt models`), tv:NAME, or package.module:factory.")] = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (per process under DDP).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd or adamw.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="cosine, step or constant.")] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up length in epochs.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the cross-entropy.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (autocast, works on CPU) or fp16 (CUDA).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Use the channels_last memory format.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")] = None,
+    early_stop: Annotated[Optional[int], typer.Option("--early-stop", help="Stop after N epochs without a better val accuracy.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (data split, init, shuffling).")] = None,
+    out_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints go (best.safetensors, last.safetensors, train_state.pt).")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue an interrupted run in --out-dir where it stopped.")] = None,
+    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap the steps per epoch (smoke runs).")] = None,
+    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", help="Model argument key=value, e.g. width_mult=0.5 (repeatable).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Start from these weights (safetensors or a weights-only .pt).")] = None,
+    config: ConfigOpt = None,
+    dump: DumpOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model with the project's Trainer (also under `torchrun` for DDP).
+
+    Example: edgeopt train --model simple_cnn --data fashion-mnist --epochs 2
+    """
+    from edgeopt.config import load_mapping
+    from edgeopt.pipeline import ModelConfig, TrainJob, train_job
+
+    base = TrainJob.from_dict(load_mapping(config)) if config else TrainJob()
+    mdict = base.model.to_dict()
+    mdict.update(drop_none({"name": model, "weights": weights}))
+    if model_arg:
+        mdict["kwargs"] = {**mdict.get("kwargs", {}), **parse_kv(model_arg)}
+    tdict = base.train.to_dict()
+    tdict.update(drop_none(dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+        warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing,
+        precision=precision, channels_last=channels_last, compile=compile, grad_clip=grad_clip,
+        early_stop_patience=early_stop, seed=seed, out_dir=out_dir, resume=resume,
+        max_steps_per_epoch=max_steps_per_epoch,
+    )))
+    job = TrainJob(
+        data=_data_config(base.data, data, data_root, download),
+        model=ModelConfig.from_dict(mdict),
+        train=type(base.train).from_dict(tdict),
+    )
+    if dump:
+        dump_config(job)
+        return
+    result = train_job(job)
+    from edgeopt.train import is_main_process
+
+    if not is_main_process():
+        return
+    last = result.history[-1] if result.history else {}
+    summary = {
+        "best_val_acc": result.best_metric,
+        "test_acc": last.get("test_acc"),
+        "epochs_run": len(result.history),
+        "images_per_s": last.get("images_per_s"),
+        "best_path": str(result.best_path),
+        "last_path": str(result.last_path),
+        "history": result.history,
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    rows = [[h.get("epoch"), f"{h.get('train_loss', 0):.4f}", f"{100 * h.get('train_acc', 0):.2f}",
+             f"{100 * (h.get('val_acc') or 0):.2f}", f"{h.get('images_per_s', 0):.0f}", f"{h.get('seconds', 0):.1f}"]
+            for h in result.history]
+    print_table("training", ["epoch", "train loss", "train acc %", "val acc %", "img/s", "s"], rows)
+    test = summary["test_acc"]
+    print(f"best val accuracy {100 * (result.best_metric or 0):.2f}%"
+          + (f", test accuracy {100 * test:.2f}%" if test is not None else "")
+          + f"; checkpoint: {result.best_path}")
+
+
+# ---------------------------------------------------------------------------------- eval / bench / export
+@app.command("eval")
+def eval_cmd(
+    target: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an artifact (.onnx).")],
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    runtime: Annotated[Optional[str], typer.Option(help="Runtime to run it in (default: the artifact's own).")] = None,
+    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    threads: ThreadsOpt = 1,
+    runs: Annotated[int, typer.Option(help="Timed latency runs (after warm-up).")] = 100,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory in a child process.")] = True,
+    dump: DumpOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Evaluate a checkpoint or artifact: accuracy, latency, size, peak memory, energy estimate."""
+    from edgeopt.pipeline import EvalConfig, evaluate_path
+
+    cfg = EvalConfig(split=split, threads=threads, latency_runs=runs, memory=memory)
+    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
+    if dump:
+        dump_config(cfg)
+        return
+    row = evaluate_path(target, dcfg, runtime, cfg, progress=not json_out)
+    _show_variants([row], json_out, title=f"evaluation of {target}")
+
+
+@app.command()
+def bench(
+    target: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an artifact (.onnx).")],
+    runtime: Annotated[Optional[str], typer.Option(help="Runtime (default: the artifact's own).")] = None,
+    batch_size: Annotated[list[int], typer.Option("--batch-size", help="Batch sizes to time (repeatable).")] = [1, 64],  # noqa: B006
+    threads: ThreadsOpt = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 10,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time inference of an artifact in its runtime: median, p90, p99 latency and throughput."""
+    from edgeopt.artifact import Artifact
+    from edgeopt.evaluate import measure_latency
+    from edgeopt.runtime import get_runner
+
+    art = Artifact.load(target)
+    runner = get_runner(art, runtime=runtime, threads=threads)
+    res = [measure_latency(runner, art.spec, batch_size=b, warmup=warmup, runs=runs, threads=threads).to_dict()
+           for b in batch_size]
+    if json_out:
+        emit_json(res)
+        return
+    rows = [[r["batch_size"], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}",
+             f"{r['throughput']:.0f}", r["threads"], r["runs"]] for r in res]
+    print_table(f"latency of {target} ({runner.name})",
+                ["batch", "median ms", "p90 ms", "p99 ms", "images/s", "threads", "runs"], rows)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by edgeopt (.safetensors + .json).")],
+    to: Annotated[str, typer.Option("--to", help="Target format (see `edgeopt formats`).")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the checkpoint).")] = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the export against the PyTorch model on real samples.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to a deployable format and verify parity on real samples."""
+    from edgeopt.pipeline import export_path
+
+    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
+    res = export_path(checkpoint, to, out, dcfg, verify=verify)
+    parity = res.parity.to_dict() if res.parity is not None else None
+    if json_out:
+        emit_json({"artifact": str(res.artifact.path), "format": res.artifact.format, "parity": parity})
+        return
+    print(f"wrote {res.artifact.path}")
+    if parity:
+        print(f"parity on {parity.get('n_samples')} real samples: max abs diff {parity['max_abs_diff']:.2e}, "
+              f"cosine {parity.get('cosine', parity.get('cosine_similarity', float('nan'))):.6f}, "
+              f"top-1 agreement {100 * parity['top1_agreement']:.2f}%")
+
+
+def _show_variants(rows: list[dict], json_out: bool, title: str) -> None:
+    from edgeopt.report import variant_rows
+
+    if json_out:
+        emit_json(rows if len(rows) > 1 else rows[0])
+        return
+    headers, cells = variant_rows({"variants": rows})
+    print_table(title, headers, cells)
+
+
+# ---------------------------------------------------------------------------------- listings
+@app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """List the model zoo (also: any torchvision model as tv:NAME, your own as package.module:factory)."""
+    from edgeopt.models import describe_models
+
+    rows = describe_models()
+    if json_out:
+        emit_json(rows)
+        return
+    print_table("models (parameters at 10 classes, 3x32x32)", ["name", "params", "fp32 MB", "description"],
+                [[r["name"], f"{r['params']:,}", f"{r['fp32_mb']:.2f}", r.get("help", "")] for r in rows])
+
+
+@app.command()
+def datasets(json_out: JsonOpt = False) -> None:
+    """List the datasets and where each is read from."""
+    from edgeopt.data import DATASETS
+
+    rows = [{"name": n, "description": DATASETS.help(n)} for n in DATASETS.names()]
+    if json_out:
+        emit_json(rows)
+        return
+    print_table("datasets", ["name", "description"], [[r["name"], r["description"]] for r in rows])
+
+
+@app.command()
+def runtimes(json_out: JsonOpt = False) -> None:
+    """List the inference runtimes, whether each is installed, and its version."""
+    from edgeopt.runtime import runtime_versions
+
+    vers = runtime_versions()
+    rows = [{"runtime": k, "installed": v is not None, "version": v} for k, v in vers.items()]
+    if json_out:
+        emit_json(rows)
+        return
+    print_table("runtimes", ["runtime", "installed", "version"],
+                [[r["runtime"], "yes" if r["installed"] else "no", r["version"] or "–"] for r in rows])
+
+
+@app.command()
+def formats(json_out: JsonOpt = False) -> None:
+    """List the export formats."""
+    from edgeopt.export import EXPORTERS
+
+    rows = [{"format": n, "description": EXPORTERS.help(n)} for n in EXPORTERS.names()]
+    if json_out:
+        emit_json(rows)
+        return
+    print_table("export formats", ["format", "description"], [[r["format"], r["description"]] for r in rows])
+
+
+# ---------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out_dir: Annotated[Optional[str], typer.Option(help="Where results.json and report.md go.")] = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    model: Annotated[Optional[str], typer.Option(help="Model to train (default simple_cnn).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Inference threads for the measurements.")] = None,
+    latency_runs: Annotated[Optional[int], typer.Option(help="Timed latency runs per variant.")] = None,
+    config: ConfigOpt = None,
+    dump: DumpOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The main job: train a baseline on digits, export to ONNX, measure both runtimes, write the report."""
+    from edgeopt.config import load_mapping
+    from edgeopt.pipeline import RunConfig, run
+
+    base = RunConfig.from_dict(load_mapping(config)) if config else RunConfig()
+    d = base.to_dict()
+    d.update(drop_none({"out_dir": out_dir}))
+    d["data"] = _data_config(base.data, data, data_root, None).to_dict()
+    d["model"].update(drop_none({"name": model}))
+    d["train"].update(drop_none({"epochs": epochs}))
+    d["eval"].update(drop_none({"threads": threads, "latency_runs": latency_runs}))
+    d["progress"] = not json_out and base.progress
+    cfg = RunConfig.from_dict(d)
+    if dump:
+        dump_config(cfg)
+        return
+    results = run(cfg)
+    if json_out:
+        emit_json(results)
+        return
+    _show_variants(results["variants"], False, title=f"edgeopt demo ({cfg.data.name}, {cfg.model.name})")
+    print(f"report: {Path(cfg.out_dir) / 'report.md'}  results: {Path(cfg.out_dir) / 'results.json'}")

@@ -1,0 +1,312 @@
+"""Run a recipe: train (or load) a model, export it, evaluate every variant, report.
+
+The demo is one such run. Finished steps are cached: a step writes ``done.json`` with
+the hash of the config that produced it, and a re-run with the same config reuses it,
+so an interrupted run resumes from what finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeopt._io import write_json_atomic
+from edgeopt.config import Config, load_mapping
+from edgeopt.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Config):
+    """Which dataset, and where it lives (None: the default search path)."""
+
+    name: str = "digits"
+    root: str | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    download: bool = False
+
+    def validate(self) -> None:
+        self._check_range("val_fraction", 0.0, 0.9)
+        if not self.name:
+            raise ConfigError("DataConfig.name must not be empty")
+
+    def load(self):
+        from edgeopt.data import get_dataset
+
+        return get_dataset(
+            self.name, root=self.root, val_fraction=self.val_fraction, seed=self.seed,
+            download=self.download,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Config):
+    """A zoo name, ``tv:NAME`` or ``package.module:factory``, its arguments and weights."""
+
+    name: str = "simple_cnn"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    weights: str | None = None
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("ModelConfig.name must not be empty")
+
+    def build(self, spec):
+        from edgeopt.models import create_model, load_weights_
+
+        model = create_model(self.name, spec, **self.kwargs)
+        if self.weights:
+            load_weights_(model, self.weights)
+        return model
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Config):
+    """How every variant is measured (see docs/measurement.md)."""
+
+    split: str = "test"
+    threads: int = 1
+    latency_runs: int = 100
+    warmup: int = 10
+    throughput_batch: int = 64
+    memory: bool = True
+
+    def validate(self) -> None:
+        self._check_choice("split", ("val", "test"))
+        self._check_range("threads", 1, None)
+        self._check_range("latency_runs", 1, None)
+        self._check_range("warmup", 0, None)
+        self._check_range("throughput_batch", 1, None)
+
+
+def _default_train():
+    from edgeopt.train import TrainConfig
+
+    return TrainConfig(epochs=15, batch_size=64, lr=0.05, seed=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Config):
+    """A whole run: data -> model (trained here unless weights are given) -> exports -> report."""
+
+    name: str = "demo"
+    out_dir: str = "runs/demo"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: Any = dataclasses.field(default_factory=_default_train)  # edgeopt.train.TrainConfig
+    skip_training: bool = False
+    formats: tuple[str, ...] = ("onnx",)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    verify: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        from edgeopt.export import list_formats
+
+        for fmt in self.formats:
+            if fmt not in list_formats():
+                raise ConfigError(f"RunConfig.formats: unknown format '{fmt}'; choices: {', '.join(list_formats())}")
+        if self.skip_training and not self.model.weights:
+            raise ConfigError("skip_training needs model.weights (a checkpoint to start from)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RunConfig":
+        from edgeopt.train import TrainConfig
+
+        data = dict(data or {})
+        train = data.pop("train", None)
+        cfg = super().from_dict(data)
+        if train is not None:
+            cfg = dataclasses.replace(cfg, train=TrainConfig.from_dict(train))
+        return cfg
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Load a recipe (YAML or JSON) into a RunConfig."""
+    return RunConfig.from_dict(load_mapping(path))
+
+
+def config_hash(cfg: Config | dict) -> str:
+    """A short stable hash of a config, used to decide whether a cached step is reusable."""
+    d = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _log(cfg: RunConfig, msg: str) -> None:
+    if cfg.progress:
+        print(f"[edgeopt] {msg}", file=sys.stderr, flush=True)
+
+
+def _train_or_load(cfg: RunConfig, data, out: Path):
+    """Train the baseline (or reuse a finished identical training step)."""
+    from edgeopt.models import load_checkpoint
+    from edgeopt.train import Trainer
+
+    if cfg.skip_training:
+        model = cfg.model.build(data.spec)
+        return model, [{"step": "load", "weights": cfg.model.weights}]
+    train_dir = out / "train"
+    key = config_hash({"data": cfg.data.to_dict(), "model": cfg.model.to_dict(), "train": cfg.train.to_dict()})
+    done = train_dir / "done.json"
+    best = train_dir / "best.safetensors"
+    if done.is_file() and best.is_file() and json.loads(done.read_text()).get("hash") == key:
+        _log(cfg, f"reusing finished training in {train_dir} (same config)")
+        model, meta = load_checkpoint(best)
+        return model, meta.get("lineage") or [{"step": "train"}]
+    model = cfg.model.build(data.spec)
+    tcfg = cfg.train.replace(out_dir=str(train_dir), progress=cfg.progress)
+    _log(cfg, f"training {cfg.model.name} on {data.name} for {tcfg.epochs} epochs")
+    result = Trainer(tcfg).fit(model, data)
+    write_json_atomic(done, {"hash": key, "best": str(result.best_path), "best_metric": result.best_metric})
+    model, meta = load_checkpoint(result.best_path)
+    return model, meta.get("lineage") or [{"step": "train"}]
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run a recipe end to end and write ``results.json`` and ``report.md`` in ``cfg.out_dir``.
+
+    Args:
+        cfg: the run's configuration.
+
+    Returns:
+        The results dict (the schema of ``edgeopt.evaluate.results``).
+
+    Example:
+        >>> from edgeopt.pipeline import RunConfig, run
+        >>> results = run(RunConfig(out_dir="runs/demo"))  # doctest: +SKIP
+    """
+    from edgeopt.evaluate import evaluate_variant, new_results, save_results
+    from edgeopt.export import export_model
+    from edgeopt.models import save_checkpoint
+    from edgeopt.report import write_report
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = cfg.data.load()
+    model, lineage = _train_or_load(cfg, data, out)
+    model.eval()
+
+    artifacts_dir = out / "artifacts"
+    ckpt = save_checkpoint(artifacts_dir / "model_fp32", model, lineage=lineage)
+    results = new_results(cfg.name, cfg.to_dict())
+    common = dict(
+        threads=cfg.eval.threads, latency_runs=cfg.eval.latency_runs,
+        throughput_batch=cfg.eval.throughput_batch, memory=cfg.eval.memory, split=cfg.eval.split,
+        progress=cfg.progress,
+    )
+    _log(cfg, "evaluating the PyTorch eager model")
+    results["variants"].append(
+        evaluate_variant("fp32 torch", ckpt, data, model=model, runtime="torch", lineage=lineage, **common)
+    )
+    samples, _ = data.samples(256, split=cfg.eval.split)
+    for fmt in cfg.formats:
+        _log(cfg, f"exporting to {fmt} and checking parity")
+        exp = export_model(model, fmt, artifacts_dir / f"model_fp32.{fmt}", samples=samples, verify=cfg.verify)
+        row = evaluate_variant(
+            f"fp32 {fmt}", exp.artifact, data, model=model, lineage=lineage + [{"step": "export", "format": fmt}],
+            **common,
+        )
+        if exp.parity is not None:
+            row["parity"] = exp.parity.to_dict()
+        results["variants"].append(row)
+    results["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    save_results(out / "results.json", results)
+    report = write_report(results, out)
+    _log(cfg, f"wrote {out / 'results.json'} and {report} in {results['elapsed_s']:.1f} s")
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob(Config):
+    """What ``edgeopt train`` runs: a dataset, a model and a TrainConfig."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: Any = dataclasses.field(default_factory=_default_train)  # edgeopt.train.TrainConfig
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "TrainJob":
+        from edgeopt.train import TrainConfig
+
+        data = dict(data or {})
+        train = data.pop("train", None)
+        job = super().from_dict(data)
+        if train is not None:
+            job = dataclasses.replace(job, train=TrainConfig.from_dict(train))
+        return job
+
+
+def train_job(job: TrainJob):
+    """Load the data, build the model and train it with the project's Trainer.
+
+    Returns:
+        The Trainer's ``TrainResult`` (model, history, best_metric, best_path, last_path).
+    """
+    from edgeopt.train import Trainer
+
+    data = job.data.load()
+    model = job.model.build(data.spec)
+    return Trainer(job.train).fit(model, data)
+
+
+def resolve_dataset(target: str | Path, data: DataConfig | None) -> DataConfig:
+    """The DataConfig to evaluate ``target`` on: the one given, or the dataset its spec names."""
+    if data is not None:
+        return data
+    from edgeopt.artifact import Artifact
+
+    spec = Artifact.load(target).spec
+    if not spec.dataset:
+        raise ConfigError(f"{target} does not record its dataset; pass --data")
+    return DataConfig(name=spec.dataset)
+
+
+def evaluate_path(
+    target: str | Path, data: DataConfig | None = None, runtime: str | None = None,
+    cfg: EvalConfig | None = None, *, progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate one checkpoint or artifact file: accuracy, latency, size, memory, energy.
+
+    Returns:
+        One variant row of the results schema.
+    """
+    from edgeopt.evaluate import evaluate_variant
+
+    cfg = cfg or EvalConfig()
+    dm = resolve_dataset(target, data).load()
+    model = None
+    if str(target).endswith(".safetensors"):
+        from edgeopt.models import load_checkpoint
+
+        model, _ = load_checkpoint(target)
+    return evaluate_variant(
+        Path(target).name, target, dm, model=model, runtime=runtime, threads=cfg.threads,
+        latency_runs=cfg.latency_runs, throughput_batch=cfg.throughput_batch, memory=cfg.memory,
+        split=cfg.split, progress=progress,
+    )
+
+
+def export_path(
+    checkpoint: str | Path, fmt: str, out: str | Path | None = None, data: DataConfig | None = None,
+    *, verify: bool = True, n_samples: int = 256, config: Any = None,
+):
+    """Export a checkpoint to ``fmt`` and verify parity on real samples of its dataset.
+
+    Returns:
+        An ``ExportResult`` (artifact and parity report).
+    """
+    from edgeopt.export import export_model
+    from edgeopt.models import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    out = Path(out) if out else Path(checkpoint).with_suffix(f".{fmt}")
+    samples = None
+    if verify:
+        samples, _ = resolve_dataset(checkpoint, data).load().samples(n_samples, split="test")
+    return export_model(model, fmt, out, config, samples=samples, verify=verify)

@@ -1,0 +1,156 @@
+"""The results table as Markdown (report.md) and HTML (report.html), written atomically."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from edgeopt._io import write_text_atomic
+
+# (header, function of a variant dict -> cell text). One place defines the columns, so the
+# Markdown and HTML tables and the terminal table never disagree.
+_MB = 1024 * 1024
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)  # type: ignore[assignment]
+    return d
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    if value is None:
+        return "–"
+    try:
+        return format(float(value) * scale, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _parity(v: dict[str, Any]) -> str:
+    p = v.get("parity")
+    if not p:
+        return "–"
+    mark = "ok" if p.get("passed") else "FAIL"
+    return f"{mark} (max {p.get('max_abs_diff', 0):.1e}, top-1 {100 * p.get('top1_agreement', 0):.1f}%)"
+
+
+COLUMNS: list[tuple[str, Any]] = [
+    ("variant", lambda v: v.get("name", "?")),
+    ("runtime", lambda v: v.get("runtime", "?")),
+    ("top-1 %", lambda v: _fmt(_get(v, "accuracy", "top1"), ".2f", 100)),
+    ("p50 ms (b=1)", lambda v: _fmt(_get(v, "latency", "batch1", "median_ms"), ".3f")),
+    ("p99 ms (b=1)", lambda v: _fmt(_get(v, "latency", "batch1", "p99_ms"), ".3f")),
+    ("img/s (batch)", lambda v: _fmt(_get(v, "latency", "throughput", "throughput"), ".0f")),
+    ("size MB", lambda v: _fmt(_get(v, "size", "bytes"), ".3f", 1 / _MB)),
+    ("gzip MB", lambda v: _fmt(_get(v, "size", "gzip_bytes"), ".3f", 1 / _MB)),
+    ("params", lambda v: _fmt(_get(v, "size", "params"), ",.0f")),
+    ("MMACs", lambda v: _fmt(_get(v, "macs", "total_macs"), ".2f", 1e-6)),
+    ("peak MB", lambda v: _fmt(_get(v, "memory", "peak_rss_mb"), ".1f")),
+    ("energy µJ*", lambda v: _fmt(_get(v, "energy", "total_uJ"), ".2f")),
+    ("parity", _parity),
+]
+
+
+def variant_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and one row of cell texts per variant."""
+    headers = [h for h, _ in COLUMNS]
+    rows = [[str(f(v)) for _, f in COLUMNS] for v in results.get("variants", [])]
+    return headers, rows
+
+
+def _machine_line(results: dict[str, Any]) -> str:
+    m = results.get("machine", {}) or {}
+    parts = [
+        str(m.get("cpu", m.get("cpu_model", "unknown CPU"))),
+        f"{m.get('logical_cores', m.get('cores', '?'))} logical cores",
+        f"torch {m.get('torch', '?')}",
+        f"onnxruntime {m.get('onnxruntime', '?')}",
+    ]
+    return ", ".join(parts)
+
+
+def _settings_line(results: dict[str, Any]) -> str:
+    v = (results.get("variants") or [{}])[0]
+    b1 = _get(v, "latency", "batch1") or {}
+    tp = _get(v, "latency", "throughput") or {}
+    return (
+        f"latency: batch 1, {b1.get('runs', '?')} timed runs after warm-up, "
+        f"{b1.get('threads', '?')} thread(s); throughput at batch {tp.get('batch_size', '?')}; "
+        f"accuracy on the {v.get('split', 'test')} split ({_get(v, 'accuracy', 'n') or '?'} images)"
+    )
+
+
+def render_markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
+    """The report as Markdown text."""
+    headers, rows = variant_rows(results)
+    lines = [
+        f"# edgeopt report: {results.get('run', 'run')}",
+        "",
+        f"Created {results.get('created', '?')} on {_machine_line(results)}.",
+        "",
+        _settings_line(results) + ".",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [
+        "",
+        "Every figure was measured on the artifact itself, in its runtime: size is the file "
+        "you would ship (gzip'd: what it costs over a network); peak MB is the peak resident "
+        "memory of a fresh process that loads the artifact and runs inference; "
+        "\\* energy is an **estimate** from MACs and bytes moved with the 45 nm per-operation "
+        "energies of Horowitz (ISSCC 2014), not a measurement.",
+    ]
+    for p in plots or []:
+        lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
+    if results.get("elapsed_s") is not None:
+        lines += ["", f"Run time: {results['elapsed_s']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(results: dict[str, Any], plot_pngs: list[Path]) -> str:
+    """A self-contained HTML page (plots embedded as base64 PNG)."""
+    import base64
+
+    headers, rows = variant_rows(results)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    imgs = "".join(
+        f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in plot_pngs
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,td:nth-child(2){text-align:left}img{max-width:48%;margin:1em 1% 0 0}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>edgeopt report: "
+        f"{html.escape(str(results.get('run', '')))}</title><style>{style}</style></head><body>"
+        f"<h1>edgeopt report: {html.escape(str(results.get('run', '')))}</h1>"
+        f"<p>Created {html.escape(str(results.get('created', '?')))} on {html.escape(_machine_line(results))}.</p>"
+        f"<p>{html.escape(_settings_line(results))}.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        "<p>* energy is an estimate (Horowitz, ISSCC 2014, 45 nm), not a measurement.</p>"
+        f"{imgs}</body></html>\n"
+    )
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``report.md``, ``report.html`` and the Pareto plots into ``out_dir``.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    from edgeopt.report.plots import pareto_plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = pareto_plots(results, out)
+    write_text_atomic(out / "report.html", render_html(results, pngs))
+    return write_text_atomic(out / "report.md", render_markdown(results, [p.name for p in pngs]))
