@@ -1,0 +1,88 @@
+"""``package.module:factory``: a user's own model, imported and called.
+
+The factory is called with ``num_classes=`` and ``in_channels=`` only if its signature
+names them (``num_classes`` also when it takes ``**kwargs``), plus the user's kwargs. It must
+return an ``nn.Module``. Weights are loaded separately (:func:`edgeopt.models.load_weights_`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from typing import Any
+
+from torch import nn
+
+from edgeopt.errors import ConfigError
+
+# dotted module path, a colon, a dotted attribute path (e.g. "my_pkg.nets:build" or
+# "my_pkg.nets:Net.small")
+_PATTERN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def is_user_model(name: str) -> bool:
+    """True when ``name`` looks like ``package.module:factory``.
+
+    Example:
+        >>> is_user_model("my_pkg.nets:build"), is_user_model("resnet20")
+        (True, False)
+    """
+    return bool(_PATTERN.match(name))
+
+
+def build_user_model(name: str, *, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
+    """Import ``package.module:factory`` and call it.
+
+    Args:
+        name: ``"package.module:factory"``; the module must be importable (on sys.path).
+        num_classes: passed as ``num_classes=`` if the factory accepts it.
+        in_channels: passed as ``in_channels=`` if the factory names that parameter.
+        **kwargs: passed to the factory as they are.
+
+    Returns:
+        The module the factory returned.
+
+    Raises:
+        ConfigError: malformed name, module or attribute not found, factory raised a
+            TypeError, or the result is not an ``nn.Module``.
+
+    Example:
+        >>> m = build_user_model("torchvision.models:resnet18", num_classes=10, in_channels=3)
+        >>> m.fc.out_features
+        10
+    """
+    if not is_user_model(name):
+        raise ConfigError(f"'{name}' is not of the form package.module:factory")
+    mod_name, _, attr_path = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import '{mod_name}' for model '{name}' ({exc}); install it or add its "
+            f"folder to PYTHONPATH"
+        ) from None
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"'{mod_name}' has no attribute '{attr_path}' (model '{name}')")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"'{name}' is not callable; point it at a function or class")
+
+    call_kwargs = dict(kwargs)
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        params = {}
+    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "num_classes" in params or takes_var_kw:
+        call_kwargs.setdefault("num_classes", num_classes)
+    if "in_channels" in params:
+        call_kwargs.setdefault("in_channels", in_channels)
+    try:
+        model = obj(**call_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"calling '{name}' with {sorted(call_kwargs)} failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"'{name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
