@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,6 +58,7 @@ def train(
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Use the channels_last memory format.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Train-time augmentation (random crop, flip where it makes sense).")] = None,
     early_stop: Annotated[Optional[int], typer.Option("--early-stop", help="Stop after N epochs without a better val accuracy.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (data split, init, shuffling).")] = None,
     out_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints go (best.safetensors, last.safetensors, train_state.pt).")] = None,
@@ -86,7 +88,7 @@ def train(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing,
         precision=precision, channels_last=channels_last, compile=compile, grad_clip=grad_clip,
         early_stop_patience=early_stop, seed=seed, out_dir=out_dir, resume=resume,
-        max_steps_per_epoch=max_steps_per_epoch,
+        max_steps_per_epoch=max_steps_per_epoch, augment=augment,
     )))
     job = TrainJob(
         data=_data_config(base.data, data, data_root, download),
@@ -97,9 +99,7 @@ def train(
         dump_config(job)
         return
     result = train_job(job)
-    from edgeopt.train import is_main_process
-
-    if not is_main_process():
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     last = result.history[-1] if result.history else {}
     summary = {
@@ -210,8 +210,9 @@ def _show_variants(rows: list[dict], json_out: bool, title: str) -> None:
     if json_out:
         emit_json(rows if len(rows) > 1 else rows[0])
         return
-    headers, cells = variant_rows({"variants": rows})
+    headers, cells = variant_rows({"variants": rows}, compact=True)
     print_table(title, headers, cells)
+    print("(all columns: --json, or the report files)")
 
 
 # ---------------------------------------------------------------------------------- listings

@@ -55,10 +55,20 @@ COLUMNS: list[tuple[str, Any]] = [
 ]
 
 
-def variant_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and one row of cell texts per variant."""
-    headers = [h for h, _ in COLUMNS]
-    rows = [[str(f(v)) for _, f in COLUMNS] for v in results.get("variants", [])]
+# The columns that fit an 80-column terminal; the files carry them all.
+COMPACT = ("variant", "top-1 %", "p50 ms (b=1)", "p99 ms (b=1)", "size MB", "peak MB", "parity")
+
+
+def _short_parity(v: dict[str, Any]) -> str:
+    p = v.get("parity")
+    return "–" if not p else ("ok" if p.get("passed") else "FAIL")
+
+
+def variant_rows(results: dict[str, Any], compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Headers and one row of cell texts per variant (``compact``: the terminal's subset)."""
+    cols = [(h, _short_parity if h == "parity" else f) for h, f in COLUMNS if h in COMPACT] if compact else COLUMNS
+    headers = [h for h, _ in cols]
+    rows = [[str(f(v)) for _, f in cols] for v in results.get("variants", [])]
     return headers, rows
 
 
