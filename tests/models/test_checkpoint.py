@@ -282,3 +282,24 @@ def test_quantized_tensor_is_not_a_checkpoint(tmp_path):
     with pytest.raises(UnsupportedModelError, match="quantized tensor 'q'"):
         save_checkpoint(tmp_path / "q", m)
     assert not list(tmp_path.iterdir())
+
+
+def test_save_killed_between_renames_still_loads_the_new_weights(tmp_path):
+    """A kill after the weights rename but before the sidecar rename leaves a stale sidecar."""
+    import shutil
+
+    from edgeopt.models import create_model, load_checkpoint, save_checkpoint
+    from edgeopt.spec import ModelSpec
+
+    spec = ModelSpec((1, 8, 8), 10, (0.5,), (0.25,))
+    old = save_checkpoint(tmp_path / "ck", create_model("simple_cnn", spec), metrics={"v": 1})
+    stale_json = (tmp_path / "ck.json").read_text()
+    torch.manual_seed(1)
+    new_model = create_model("simple_cnn", spec)
+    save_checkpoint(tmp_path / "new", new_model, metrics={"v": 2})
+    shutil.copy(tmp_path / "new.safetensors", old)  # new weights ...
+    (tmp_path / "ck.json").write_text(stale_json)  # ... beside the previous sidecar
+    model, side = load_checkpoint(old)
+    assert side["metrics"] == {"v": 2}
+    x = spec.example_input(4)
+    assert torch.equal(model(x), new_model.eval()(x))

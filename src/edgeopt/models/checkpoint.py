@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,16 @@ def save_checkpoint(
 
     from safetensors.torch import save_file
 
+    # The sidecar also travels inside the weights file's own header: the two files are
+    # renamed one after the other, and a kill between the renames must not leave weights
+    # that nothing describes. load_checkpoint falls back to this copy in that case.
+    sidecar["save_id"] = uuid.uuid4().hex
+    embedded = json.dumps(sidecar, default=_json_default)
     write_with_atomic(
         weights_path,
-        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "edgeopt": FORMAT}),
+        lambda tmp: save_file(
+            tensors, str(tmp), metadata={"format": "pt", "edgeopt": FORMAT, "edgeopt_sidecar": embedded}
+        ),
     )
     sidecar["sha256"] = _sha256(weights_path)
     write_text_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
@@ -227,6 +235,13 @@ def load_checkpoint(
             f"NAME.json of a checkpoint written by edgeopt.models.save_checkpoint"
         )
     sidecar = read_sidecar(path)
+    if sidecar.get("sha256") and _sha256(weights_path) != sidecar["sha256"]:
+        # A save killed between its two renames leaves new weights beside the previous
+        # sidecar: the weights then carry a sidecar of another save_id, which describes
+        # them. Same save_id and another hash means the weights were damaged: refused below.
+        embedded = _embedded_sidecar(weights_path)
+        if embedded and embedded.get("save_id") != sidecar.get("save_id"):
+            sidecar = embedded
 
     spec = None
     if sidecar.get("spec") is not None:
@@ -285,6 +300,22 @@ def _resolve_arch(arch: Any, sidecar: dict[str, Any], sidecar_path: Path) -> tup
     raise ModelLoadError(
         f"arch must be a model name, {{'name': ..., 'kwargs': {{...}}}} or an nn.Module, got {arch!r}"
     )
+
+
+def _embedded_sidecar(weights_path: Path) -> dict[str, Any] | None:
+    """The sidecar copy stored in a safetensors header by save_checkpoint, if any."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights_path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        data = json.loads(meta.get("edgeopt_sidecar", "null"))
+    except Exception:  # a corrupt header is reported by load_weights_ with its own message
+        return None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        data.pop("sha256", None)
+        return data
+    return None
 
 
 def _sha256(p: Path) -> str:
