@@ -64,6 +64,8 @@ def train(
     out_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints go (best.safetensors, last.safetensors, train_state.pt).")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue an interrupted run in --out-dir where it stopped.")] = None,
     max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap the steps per epoch (smoke runs).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads for training (default: torch's choice).")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (one line per epoch when not a terminal).")] = None,
     model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", help="Model argument key=value, e.g. width_mult=0.5 (repeatable).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Start from these weights (safetensors or a weights-only .pt).")] = None,
     config: ConfigOpt = None,
@@ -88,7 +90,7 @@ def train(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing,
         precision=precision, channels_last=channels_last, compile=compile, grad_clip=grad_clip,
         early_stop_patience=early_stop, seed=seed, out_dir=out_dir, resume=resume,
-        max_steps_per_epoch=max_steps_per_epoch, augment=augment,
+        max_steps_per_epoch=max_steps_per_epoch, augment=augment, threads=threads, progress=progress,
     )))
     job = TrainJob(
         data=_data_config(base.data, data, data_root, download),
@@ -101,10 +103,11 @@ def train(
     result = train_job(job)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
-    last = result.history[-1] if result.history else {}
+    last = result.history[-1] if result.history else {}  # the last epoch's record
     summary = {
         "best_val_acc": result.best_metric,
-        "test_acc": last.get("test_acc"),
+        "test_acc": result.metrics.get("test_acc"),
+        "metrics": result.metrics,
         "epochs_run": len(result.history),
         "images_per_s": last.get("images_per_s"),
         "best_path": str(result.best_path),
@@ -120,7 +123,7 @@ def train(
     print_table("training", ["epoch", "train loss", "train acc %", "val acc %", "img/s", "s"], rows)
     test = summary["test_acc"]
     print(f"best val accuracy {100 * (result.best_metric or 0):.2f}%"
-          + (f", test accuracy {100 * test:.2f}%" if test is not None else "")
+          + (f"; final model's test accuracy {100 * test:.2f}%" if test is not None else "")
           + f"; checkpoint: {result.best_path}")
 
 
