@@ -80,11 +80,16 @@ def test_mobilenetv2_cifar_strides():
     m = create_model("mobilenetv2", GREY8)
     stem = m.features[0][0]
     assert stem.stride == (1, 1) and stem.in_channels == 1
-    # stage 2 (24 channels, features.2) is stride 1 as well; total stride 8: 32x32 -> 4x4
-    assert m.features[2].conv[1][0].stride == (1, 1)
+    # only the stem changes: stage 2 (24 channels, features.2) keeps torchvision's stride 2,
+    # total stride 16: 32x32 -> 2x2
+    assert m.features[2].conv[1][0].stride == (2, 2)
     with torch.no_grad():
         fmap = m.eval().features(torch.zeros(1, 1, 32, 32))
-    assert fmap.shape == (1, 1280, 4, 4)
+    assert fmap.shape == (1, 1280, 2, 2)
+    heavy = create_model("mobilenetv2", GREY8, stage2_stride=1)
+    assert heavy.features[2].conv[1][0].stride == (1, 1)
+    with torch.no_grad():
+        assert heavy.eval().features(torch.zeros(1, 1, 32, 32)).shape == (1, 1280, 4, 4)
 
 
 @pytest.mark.parametrize("width,expected", [(0.5, 0.25), (1.0, 1.0)])

@@ -2,13 +2,14 @@
 
 What changes against ``torchvision.models.MobileNetV2`` (ImageNet, total stride 32):
 
-* the stem conv (``features.0.0``) has stride 1 instead of 2 and takes ``in_channels``;
-* the second inverted-residual stage (t=6, c=24, n=2) has stride 1 instead of 2
-  (the usual CIFAR adaptation, as in kuangliu/pytorch-cifar).
+* the stem conv (``features.0.0``) has stride 1 instead of 2 and takes ``in_channels``
+  (the reference MobileNetV2-CIFAR workload changes only this);
+* optionally (``stage2_stride=1``) the 24-channel stage keeps the resolution too, the
+  heavier adaptation of kuangliu/pytorch-cifar (about 3x the MACs at 32x32).
 
-The total stride is therefore 8: a 32x32 input ends as a 4x4x1280 feature map, an 8x8
-input as 1x1x1280 (a 3x3/stride-2/padding-1 conv on a 1x1 map still gives 1x1, so even
-smaller inputs run). Parameter counts are unchanged by strides: 2,236,682 at 10 classes.
+With the defaults the total stride is 16: a 32x32 input ends as a 2x2x1280 feature map,
+an 8x8 input as 1x1x1280 (a 3x3/stride-2/padding-1 conv on a 1x1 map still gives 1x1, so
+even smaller inputs run). Parameter counts do not depend on strides: 2,236,682 at 10 classes.
 
 ``mobilenetv2_teacher`` and ``mobilenetv2_student`` are the pair used in knowledge-distillation
 workshop notebooks: a teacher with a larger classifier head (~4.2M parameters) and a student
@@ -21,11 +22,11 @@ from torch import nn
 
 from edgeopt.models._registry import MODELS
 
-# torchvision's setting (t expansion, c channels, n blocks, s stride of the first block),
-# with the 24-channel stage at stride 1 instead of 2.
+# torchvision's setting (t expansion, c channels, n blocks, s stride of the first block);
+# the stride of the 24-channel stage is set by ``stage2_stride``.
 CIFAR_SETTING: list[list[int]] = [
     [1, 16, 1, 1],
-    [6, 24, 2, 1],  # torchvision: stride 2
+    [6, 24, 2, 2],
     [6, 32, 3, 2],
     [6, 64, 4, 2],
     [6, 96, 3, 1],
@@ -37,7 +38,7 @@ CIFAR_SETTING: list[list[int]] = [
 # 1,798,410 parameters at 10 classes instead of 2,236,682.
 STUDENT_SETTING: list[list[int]] = [
     [1, 16, 1, 1],
-    [6, 24, 2, 1],
+    [6, 24, 2, 2],
     [6, 32, 3, 2],
     [6, 64, 4, 2],
     [6, 96, 2, 1],
@@ -52,8 +53,16 @@ def _cifar_mobilenetv2(
     width_mult: float,
     setting: list[list[int]],
     dropout: float,
+    stage2_stride: int = 2,
 ) -> nn.Module:
     from torchvision.models import MobileNetV2  # heavy import on first use
+
+    from edgeopt.errors import ConfigError
+
+    if stage2_stride not in (1, 2):
+        raise ConfigError(f"stage2_stride must be 1 or 2, got {stage2_stride!r}")
+    setting = [list(s) for s in setting]
+    setting[1][3] = stage2_stride
 
     model = MobileNetV2(
         num_classes=num_classes,
@@ -70,15 +79,18 @@ def _cifar_mobilenetv2(
 
 @MODELS.register("mobilenetv2", help="MobileNetV2 with a stride-1 CIFAR stem, ~2.24M params")
 def mobilenetv2(
-    *, num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.2
+    *, num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.2,
+    stage2_stride: int = 2,
 ) -> nn.Module:
-    """torchvision MobileNetV2 adapted to 32x32 inputs (stem stride 1, stage-2 stride 1).
+    """torchvision MobileNetV2 adapted to 32x32 inputs (stem stride 1).
 
     Args:
         num_classes: outputs of the classifier.
         in_channels: channels of the input image (1 for grey).
         width_mult: channel multiplier of every layer (torchvision's ``width_mult``).
         dropout: dropout before the classifier.
+        stage2_stride: stride of the 24-channel stage (2 as torchvision; 1 keeps 16x16
+            maps there for about 3x the MACs).
 
     Returns:
         A ``torchvision.models.MobileNetV2`` with the changed stem and strides.
@@ -89,14 +101,15 @@ def mobilenetv2(
         >>> m.eval()(torch.zeros(1, 1, 8, 8)).shape
         torch.Size([1, 10])
     """
-    return _cifar_mobilenetv2(num_classes, in_channels, width_mult, CIFAR_SETTING, dropout)
+    return _cifar_mobilenetv2(num_classes, in_channels, width_mult, CIFAR_SETTING, dropout, stage2_stride)
 
 
 @MODELS.register(
     "mobilenetv2_teacher", help="KD teacher: CIFAR MobileNetV2 + 3-layer head, ~4.2M params"
 )
 def mobilenetv2_teacher(
-    *, num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.2
+    *, num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.2,
+    stage2_stride: int = 2,
 ) -> nn.Module:
     """CIFAR MobileNetV2 with a bigger classifier, the teacher for distillation.
 
@@ -108,7 +121,7 @@ def mobilenetv2_teacher(
         >>> count_parameters(mobilenetv2_teacher(num_classes=10, in_channels=3))
         4198026
     """
-    model = _cifar_mobilenetv2(num_classes, in_channels, width_mult, CIFAR_SETTING, dropout)
+    model = _cifar_mobilenetv2(num_classes, in_channels, width_mult, CIFAR_SETTING, dropout, stage2_stride)
     last = model.last_channel  # 1280 (or more for width_mult > 1)
     model.classifier = nn.Sequential(
         nn.Dropout(dropout),
@@ -131,7 +144,8 @@ def mobilenetv2_teacher(
     "mobilenetv2_student", help="KD student: CIFAR MobileNetV2 with fewer blocks, ~1.8M params"
 )
 def mobilenetv2_student(
-    *, num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.2
+    *, num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.2,
+    stage2_stride: int = 2,
 ) -> nn.Module:
     """CIFAR MobileNetV2 with one block fewer in the 96- and 160-channel stages.
 
@@ -140,4 +154,4 @@ def mobilenetv2_student(
         >>> count_parameters(mobilenetv2_student(num_classes=10, in_channels=3))
         1798410
     """
-    return _cifar_mobilenetv2(num_classes, in_channels, width_mult, STUDENT_SETTING, dropout)
+    return _cifar_mobilenetv2(num_classes, in_channels, width_mult, STUDENT_SETTING, dropout, stage2_stride)

@@ -1,0 +1,59 @@
+"""The demo pipeline end to end on the real digits data, and its step cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeopt.errors import ConfigError
+from edgeopt.pipeline import EvalConfig, RunConfig, run
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = RunConfig(out_dir=str(out), eval=EvalConfig(latency_runs=100), progress=False)
+    return out, cfg, run(cfg)
+
+
+def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
+    out, _, results = demo_run
+    by_runtime = {v["runtime"]: v for v in results["variants"]}
+    assert set(by_runtime) == {"torch", "onnxruntime"}
+    for v in by_runtime.values():
+        assert v["accuracy"]["top1"] >= 0.95, v["accuracy"]
+        assert v["latency"]["batch1"]["runs"] >= 100
+        assert v["size"]["bytes"] > 0 and v["size"]["gzip_bytes"] > 0
+        assert v["memory"]["peak_rss_mb"] > 0
+        assert v["energy"]["total_uJ"] > 0
+    onnx = by_runtime["onnxruntime"]
+    assert onnx["parity"]["passed"] and onnx["parity"]["max_abs_diff"] <= 1e-4
+    assert onnx["parity"]["top1_agreement"] == 1.0
+    # the two runtimes classify the test split identically (parity on the whole split)
+    assert onnx["accuracy"]["top1"] == by_runtime["torch"]["accuracy"]["top1"]
+
+
+def test_demo_writes_results_and_report(demo_run):
+    out, _, results = demo_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema_version"] == results["schema_version"]
+    assert len(on_disk["variants"]) == 2 and on_disk["machine"]
+    report = (out / "report.md").read_text()
+    assert "| fp32 torch |" in report and "| fp32 onnx |" in report
+    assert (out / "report.html").stat().st_size > 1000
+    assert (out / "pareto_latency.png").is_file()
+    assert not list(out.rglob("*.tmp")), "no half-written files are left behind"
+
+
+def test_rerun_reuses_the_finished_training_step(demo_run, capsys):
+    out, cfg, results = demo_run
+    again = run(cfg.replace(progress=True, eval=EvalConfig(latency_runs=5, memory=False)))
+    assert "reusing finished training" in capsys.readouterr().err
+    first = {v["runtime"]: v["accuracy"]["top1"] for v in results["variants"]}
+    assert {v["runtime"]: v["accuracy"]["top1"] for v in again["variants"]} == first
+
+
+def test_unknown_format_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown format"):
+        RunConfig(formats=("no-such-format",))
