@@ -7,6 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 COMMANDS = [
     ["train_throughput.py", "--model", "simple_cnn", "--data", "fashion-mnist"],
+    ["train_throughput.py", "--model", "simple_cnn", "--data", "digits", "--steps", "100", "--repeats", "5"],
     ["latency.py"],
 ]
 

@@ -91,7 +91,7 @@ def main() -> None:
         plain.append(plain_loop(fresh(), x, y, args.batch_size, args.steps, args.lr))
         trainer.append(trainer_run(fresh(), data, args.batch_size, args.steps, args.lr, args.threads))
     p, t = statistics.median(plain), statistics.median(trainer)
-    rows = [[args.model, args.data, args.batch_size, args.threads, f"{p:.0f}", f"{t:.0f}", f"{t / p:.2f}"]]
+    rows = [[args.model, args.data, args.batch_size, args.threads, f"{p:.0f}", f"{t:.0f}", f"{t / p:.3f}"]]
     save(
         f"train_throughput_{args.model}_{args.data}",
         f"Training throughput: Trainer vs a plain PyTorch loop ({args.model} on {args.data})",

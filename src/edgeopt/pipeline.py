@@ -84,6 +84,21 @@ class EvalConfig(Config):
         self._check_range("throughput_batch", 1, None)
 
 
+def _from_dict_with_train(cls, data: dict[str, Any] | None):
+    """Config.from_dict for configs whose ``train`` field is an edgeopt.train.TrainConfig.
+
+    The field is typed ``Any`` so that importing this module does not import torch.
+    """
+    from edgeopt.train import TrainConfig
+
+    data = dict(data or {})
+    train = data.pop("train", None)
+    cfg = Config.from_dict.__func__(cls, data)
+    if train is not None:
+        cfg = dataclasses.replace(cfg, train=TrainConfig.from_dict(train))
+    return cfg
+
+
 def _default_train():
     from edgeopt.train import TrainConfig
 
@@ -116,14 +131,7 @@ class RunConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "RunConfig":
-        from edgeopt.train import TrainConfig
-
-        data = dict(data or {})
-        train = data.pop("train", None)
-        cfg = super().from_dict(data)
-        if train is not None:
-            cfg = dataclasses.replace(cfg, train=TrainConfig.from_dict(train))
-        return cfg
+        return _from_dict_with_train(cls, data)
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -232,14 +240,7 @@ class TrainJob(Config):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "TrainJob":
-        from edgeopt.train import TrainConfig
-
-        data = dict(data or {})
-        train = data.pop("train", None)
-        job = super().from_dict(data)
-        if train is not None:
-            job = dataclasses.replace(job, train=TrainConfig.from_dict(train))
-        return job
+        return _from_dict_with_train(cls, data)
 
 
 def train_job(job: TrainJob):

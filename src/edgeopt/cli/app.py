@@ -237,11 +237,7 @@ def datasets(json_out: JsonOpt = False) -> None:
     """List the datasets and where each is read from."""
     from edgeopt.data import DATASETS
 
-    rows = [{"name": n, "description": DATASETS.help(n)} for n in DATASETS.names()]
-    if json_out:
-        emit_json(rows)
-        return
-    print_table("datasets", ["name", "description"], [[r["name"], r["description"]] for r in rows])
+    _list_registry(DATASETS, "datasets", "name", json_out)
 
 
 @app.command()
@@ -263,11 +259,15 @@ def formats(json_out: JsonOpt = False) -> None:
     """List the export formats."""
     from edgeopt.export import EXPORTERS
 
-    rows = [{"format": n, "description": EXPORTERS.help(n)} for n in EXPORTERS.names()]
+    _list_registry(EXPORTERS, "export formats", "format", json_out)
+
+
+def _list_registry(registry, title: str, key: str, json_out: bool) -> None:
+    rows = [{key: n, "description": registry.help(n)} for n in registry.names()]
     if json_out:
         emit_json(rows)
         return
-    print_table("export formats", ["format", "description"], [[r["format"], r["description"]] for r in rows])
+    print_table(title, [key, "description"], [[r[key], r["description"]] for r in rows])
 
 
 # ---------------------------------------------------------------------------------- demo
