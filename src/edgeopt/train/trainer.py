@@ -153,6 +153,10 @@ class Trainer:
     def fit(self, model: nn.Module, data) -> TrainResult:
         """Train ``model`` on ``data`` (a DataModule) for ``config.epochs`` epochs.
 
+        Training updates ``model``'s weights in place, as every PyTorch training loop does
+        (copying a model per step would cost memory for nothing); the same object comes
+        back as ``TrainResult.model``. Pass ``copy.deepcopy(model)`` to keep the original.
+
         Args:
             model: an image classifier taking normalised float32 NCHW input.
             data: an ``edgeopt.data.DataModule`` (``spec``, ``loader(split, ...)``).
