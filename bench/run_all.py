@@ -9,6 +9,7 @@ COMMANDS = [
     ["train_throughput.py", "--model", "simple_cnn", "--data", "fashion-mnist"],
     ["train_throughput.py", "--model", "simple_cnn", "--data", "digits", "--steps", "100", "--repeats", "5"],
     ["latency.py"],
+    ["runtimes.py"],
 ]
 
 if __name__ == "__main__":

@@ -34,6 +34,25 @@ ONNX_SPEC_KEY = "edgeopt.spec"  # ONNX metadata_props key holding the ModelSpec 
 FORMATS: dict[str, str] = {".onnx": "onnx", ".safetensors": "checkpoint"}
 #: format -> the runtime that runs it by default
 DEFAULT_RUNTIME: dict[str, str] = {"onnx": "onnxruntime", "checkpoint": "torch"}
+# TorchScript: ".torchscript", not ".pt" (a .pt here is a weights-only torch.load file)
+FORMATS[".torchscript"] = "torchscript"
+DEFAULT_RUNTIME["torchscript"] = "torchscript"
+# TFLite: written by litert-torch, run by the LiteRT interpreter (runtime "litert")
+FORMATS[".tflite"] = "tflite"
+DEFAULT_RUNTIME["tflite"] = "litert"
+# OpenVINO IR: the artifact is the .xml; its weights live in the .bin beside it (COMPANIONS)
+FORMATS[".xml"] = "openvino"
+DEFAULT_RUNTIME["openvino"] = "openvino"
+# Core ML: an .mlpackage *directory* (DIRECTORY_FORMATS); predicts only on macOS
+FORMATS[".mlpackage"] = "coreml"
+DEFAULT_RUNTIME["coreml"] = "coreml"
+# TensorRT: a serialized engine, tied to the GPU model and TensorRT version that built it
+FORMATS[".engine"] = "tensorrt"
+DEFAULT_RUNTIME["tensorrt"] = "tensorrt"
+#: suffix -> suffixes of files that ship with the artifact (same stem, same folder)
+COMPANIONS: dict[str, tuple[str, ...]] = {".xml": (".bin",)}
+#: formats whose artifact is a folder, not a file
+DIRECTORY_FORMATS: set[str] = {"coreml"}
 #: numeric precisions an artifact may declare (they pick the parity thresholds)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed")
 
@@ -129,8 +148,20 @@ class Artifact:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the file on disk (what you ship)."""
-        return self.path.stat().st_size
+        """Bytes on disk of everything you ship (:meth:`files`, summed)."""
+        return sum(f.stat().st_size for f in self.files())
+
+    def files(self) -> list[Path]:
+        """The files that make up the artifact: ``path``, its companions, or a folder's files.
+
+        An OpenVINO ``model.xml`` ships with ``model.bin``; a Core ML ``.mlpackage`` is a
+        folder. The sidecar is metadata and is not listed.
+
+        Example:
+            >>> [f.name for f in artifact_files("missing/model.xml")]
+            ['model.xml', 'model.bin']
+        """
+        return artifact_files(self.path)
 
     def to_dict(self) -> dict[str, Any]:
         """The sidecar content (JSON-ready)."""
@@ -152,7 +183,7 @@ class Artifact:
             ArtifactError: the artifact file does not exist (a sidecar must describe a
                 file that is there), or ``meta`` is not JSON-serialisable.
         """
-        if not self.path.is_file():
+        if not (self.path.is_file() or (self.format in DIRECTORY_FORMATS and self.path.is_dir())):
             raise ArtifactError(f"cannot write a sidecar for {self.path}: the file does not exist")
         try:
             json.dumps(self.meta, default=_json_probe)
@@ -189,12 +220,24 @@ class Artifact:
         p = Path(path)
         if p.name.endswith(SIDECAR_SUFFIX):
             raise ArtifactError(f"{p} is a sidecar; load the artifact file it describes instead")
-        if not p.is_file():
+        if not (p.is_file() or (p.is_dir() and FORMATS.get(p.suffix.lower()) in DIRECTORY_FORMATS)):
             raise ArtifactError(f"artifact not found: {p}")
         fmt = detect_format(p)
         side = sidecar_path(p)
         if side.is_file():
             return cls._from_sidecar(p, fmt, side)
+        if fmt == "torchscript":
+            return cls._from_torchscript_file(p)
+        if fmt == "tflite":  # the flatbuffer holds no ModelSpec (normalisation, classes)
+            raise ArtifactError(
+                f"{p} has no sidecar {sidecar_path(p).name}; re-export it with "
+                f"edgeopt.export.export_model(model, 'tflite', path)"
+            )
+        if fmt in ("openvino", "coreml", "tensorrt"):  # their files hold no edgeopt ModelSpec
+            raise ArtifactError(
+                f"{p} has no sidecar {sidecar_path(p).name}; re-export it with "
+                f"edgeopt.export.export_model(model, '{fmt}', path)"
+            )
         if fmt == "onnx":
             return cls._from_onnx_file(p)
         return cls._from_checkpoint(p)
@@ -265,6 +308,24 @@ class Artifact:
         return cls(p, "onnx", spec, _precision_of(proto), {"guessed_from": "onnx graph shapes"})
 
     @classmethod
+    def _from_torchscript_file(cls, p: Path) -> Artifact:
+        from edgeopt.export.torchscript_export import read_embedded_spec
+
+        spec = read_embedded_spec(p)  # reads the zip entry only; runs none of the archive's code
+        if spec is None:
+            raise ArtifactError(
+                f"{p} has no sidecar {sidecar_path(p).name} and no embedded edgeopt ModelSpec; "
+                f"export it with edgeopt.export.export_model(model, 'torchscript', path)"
+            )
+        warnings.warn(
+            f"{p.name} has no sidecar {sidecar_path(p).name}; read its ModelSpec from the archive "
+            f"(lineage and parity are unknown)",
+            ArtifactWarning,
+            stacklevel=3,
+        )
+        return cls(p, "torchscript", spec, "fp32", {"guessed_from": "torchscript extra file"})
+
+    @classmethod
     def _from_checkpoint(cls, p: Path) -> Artifact:
         ckpt_side = p.with_name(p.name[: -len(p.suffix)] + ".json")
         if not ckpt_side.is_file():
@@ -284,6 +345,23 @@ class Artifact:
             raise ArtifactError(f"invalid ModelSpec in {ckpt_side}: {exc}") from None
         meta = {"lineage": list(data.get("lineage") or []), "source": {"arch": data.get("arch")}}
         return cls(p, "checkpoint", spec, "fp32", meta)
+
+
+def artifact_files(path: str | Path) -> list[Path]:
+    """The files an artifact at ``path`` consists of (see :meth:`Artifact.files`).
+
+    A file plus its :data:`COMPANIONS` (listed whether or not they exist yet, so a missing
+    ``.bin`` shows up as an error where it is read); a folder: its files, sorted, sidecars
+    excluded.
+
+    Example:
+        >>> [f.name for f in artifact_files("out/model.onnx")]
+        ['model.onnx']
+    """
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.endswith(SIDECAR_SUFFIX))
+    return [p] + [p.with_suffix(s) for s in COMPANIONS.get(p.suffix.lower(), ())]
 
 
 def _json_probe(obj: Any) -> Any:

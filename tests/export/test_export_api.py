@@ -25,7 +25,9 @@ FAST = {"dynamo": False}  # the legacy exporter: ~0.1 s for these tiny models
 
 
 def test_formats_registry():
-    assert list_formats() == ["onnx"] and "onnx" in EXPORTERS
+    formats = list_formats()
+    assert {"onnx", "torchscript", "openvino", "coreml", "tensorrt"} <= set(formats) and "onnx" in EXPORTERS
+    assert formats == sorted(formats)
     assert "ONNX" in EXPORTERS.help("onnx")
 
 

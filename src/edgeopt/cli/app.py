@@ -155,15 +155,30 @@ def eval_cmd(
 
 @app.command()
 def bench(
-    target: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an artifact (.onnx).")],
+    target: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or an artifact (.onnx, .torchscript, ...); with --compare, a checkpoint.")],
     runtime: Annotated[Optional[str], typer.Option(help="Runtime (default: the artifact's own).")] = None,
     batch_size: Annotated[list[int], typer.Option("--batch-size", help="Batch sizes to time (repeatable).")] = [1, 64],  # noqa: B006
     threads: ThreadsOpt = 1,
     runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 100,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 10,
+    compare: Annotated[bool, typer.Option("--compare", help="Export the checkpoint to every available format and compare all runtimes (latency, throughput, size, parity) against torch eager.")] = False,
+    to: Annotated[Optional[list[str]], typer.Option("--to", help="With --compare: only these formats (repeatable; default: all, see `edgeopt formats`).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(help="With --compare: keep the artifacts in this folder (default: a temporary one).")] = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Time inference of an artifact in its runtime: median, p90, p99 latency and throughput."""
+    """Time inference of an artifact in its runtime: median, p90, p99 latency and throughput.
+
+    With --compare, TARGET is a checkpoint: it is exported to every format available here
+    (ONNX at each ONNX Runtime optimization level), each artifact is checked for parity on
+    real test images of its dataset and timed at batch 1 and at the largest --batch-size.
+
+    Example: edgeopt bench runs/best.safetensors --compare --runs 200
+    """
+    if compare:
+        _bench_compare(target, to, out_dir, data, data_root, threads, runs, warmup, max(batch_size), json_out)
+        return
     from edgeopt.artifact import Artifact
     from edgeopt.evaluate import measure_latency
     from edgeopt.runtime import get_runner
@@ -179,6 +194,39 @@ def bench(
              f"{r['throughput']:.0f}", r["threads"], r["runs"]] for r in res]
     print_table(f"latency of {target} ({runner.name})",
                 ["batch", "median ms", "p90 ms", "p99 ms", "images/s", "threads", "runs"], rows)
+
+
+def _bench_compare(target, formats, out_dir, data, data_root, threads, runs, warmup, tp_batch, json_out) -> None:
+    from edgeopt.errors import ConfigError
+    from edgeopt.export.compare import compare_path
+
+    if not str(target).endswith(".safetensors"):
+        raise ConfigError(f"bench --compare needs a checkpoint (.safetensors), got {target}; "
+                          f"time an artifact with `edgeopt bench {target}`")
+    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
+    rows = compare_path(target, out_dir, dcfg, formats=formats or None, threads=threads, runs=runs,
+                        warmup=warmup, throughput_batch=tp_batch)
+    if json_out:
+        emit_json(rows)
+        return
+
+    def num(v, fmt):
+        return "–" if v is None else format(v, fmt)
+
+    cells = []
+    for r in rows:
+        parity = "reference" if r["name"] == "torch" else (
+            "–" if r["parity_passed"] is None else ("pass" if r["parity_passed"] else "FAIL")
+            + f" {r['parity']['max_abs_diff']:.0e}")
+        cells.append([r["name"] if r["status"] == "ok" else f"{r['name']} ({r['status']})", r["precision"] or "–",
+                      num(r["p50_ms"], ".3f"), num(r["p99_ms"], ".3f"), num(r["throughput"], ".0f"),
+                      num(r["size_bytes"] and r["size_bytes"] / 1e6, ".2f"), parity,
+                      num(r["speedup_vs_torch"], ".2f") + ("x" if r["speedup_vs_torch"] else "")])
+    print_table(f"runtimes for {target} (batch 1 latency, throughput at batch {tp_batch}, {threads} thread(s))",
+                ["runtime", "precision", "p50 ms", "p99 ms", "img/s", "MB", "parity", "vs eager"], cells)
+    for r in rows:
+        if r["reason"]:
+            print(f"{r['name']}: {r['reason']}")
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Size of what you would ship: bytes on disk, gzip'd bytes, parameters, non-zeros.
 
-* ``bytes``: the artifact file's size (a folder artifact: all its files summed). The
+* ``bytes``: the artifact file's size (a folder artifact such as a Core ML ``.mlpackage``:
+  all its files summed; an OpenVINO ``model.xml``: plus its weights file ``model.bin``). The
   ``FILE.edgeopt.json`` sidecar is metadata, not part of the model, and is not counted.
 * ``gzip_bytes``: the same bytes compressed with gzip level 9. A pruned model stored
   densely is no smaller on disk, but its zeros compress: this is what it costs over a
@@ -149,8 +150,19 @@ def _flatten_tensors(obj: Any):
             yield from _flatten_tensors(v)
 
 
+def _openvino_params(path: Path) -> tuple[int | None, int | None]:
+    from edgeopt.errors import MissingDependencyError
+    from edgeopt.runtime.openvino_runner import ir_weight_counts
+
+    try:
+        return ir_weight_counts(path)
+    except MissingDependencyError:  # bytes are still measurable without openvino
+        return None, None
+
+
 _PARAM_READERS = {".onnx": ("onnx", _onnx_params), ".safetensors": ("safetensors", _safetensors_params),
                   ".pt": ("torch", _torch_file_params), ".pth": ("torch", _torch_file_params)}
+_PARAM_READERS[".xml"] = ("openvino", _openvino_params)  # OpenVINO IR (weights in the .bin)
 
 
 def _file_params(path: Path) -> tuple[str, int | None, int | None]:
@@ -164,7 +176,10 @@ def _file_params(path: Path) -> tuple[str, int | None, int | None]:
 def _measure_path(path: Path) -> SizeResult:
     if path.is_file():
         fmt, n, nz = _file_params(path)
-        files = [path]
+        # an OpenVINO model.xml ships with its weights in model.bin: count both
+        from edgeopt.artifact import artifact_files
+
+        files = [f for f in artifact_files(path) if f.is_file()]
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(SIDECAR_SUFFIX))
         fmt, n, nz = "folder", None, None

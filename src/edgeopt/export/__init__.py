@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from edgeopt.export._base import EXPORTERS, Exporter, ExportResult, export_model, list_formats
 from edgeopt.export.onnx_export import OnnxExportConfig
+from edgeopt.export.torchscript_export import TorchScriptExportConfig
+from edgeopt.export.tflite_export import TFLiteExportConfig
+from edgeopt.export.openvino_export import OpenVINOExportConfig, openvino_from_onnx
+from edgeopt.export.coreml_export import CoreMLExportConfig, validate_package
+from edgeopt.export.tensorrt_export import TensorRTExportConfig
 from edgeopt.export.parity import (
     PARITY_THRESHOLDS,
     ParityReport,
@@ -21,13 +26,20 @@ from edgeopt.export.parity import (
 __all__ = [
     "EXPORTERS",
     "PARITY_THRESHOLDS",
+    "CoreMLExportConfig",
     "ExportResult",
     "Exporter",
     "OnnxExportConfig",
+    "OpenVINOExportConfig",
     "ParityReport",
     "ParityThresholds",
+    "TFLiteExportConfig",
+    "TensorRTExportConfig",
+    "TorchScriptExportConfig",
     "compare_logits",
     "export_model",
     "list_formats",
+    "openvino_from_onnx",
+    "validate_package",
     "verify_parity",
 ]

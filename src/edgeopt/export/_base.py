@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from edgeopt.artifact import Artifact, sidecar_path
+from edgeopt.artifact import Artifact, artifact_files, sidecar_path
 from edgeopt.config import Config
 from edgeopt.errors import ConfigError, ExportMismatchError
 from edgeopt.export.parity import ParityReport, verify_parity
@@ -29,6 +29,17 @@ class Exporter:
     export: Any
     check: Any = None
     precision: Any = None  # model -> precision string
+    #: ``() -> None | str``: None when this format can be exported here, else the reason
+    #: (the MissingDependencyError text); None (the field) means always available.
+    available: Any = None
+    #: ``() -> dict[str, dict]``: extra named config variants that ``compare_runtimes``
+    #: measures as separate rows (ONNX: one per ORT optimization level); None: none.
+    variants: Any = None
+    #: the export function takes ``calibration=`` (real images for int8 calibration)
+    takes_calibration: bool = False
+    #: ``() -> None | str``: None when the artifact can run on this machine, else why not
+    #: (Core ML predicts only on macOS); export_model then records parity as "not run".
+    runnable: Any = None
 
 
 #: format name -> Exporter
@@ -44,8 +55,48 @@ def _register_builtin() -> None:
             "onnx", ".onnx", ox.OnnxExportConfig, ox.export_onnx,
             check=lambda model, art, cfg: ox.check_batch_sizes(model, art, cfg.check_batches if cfg.dynamic_batch else ()),
             precision=ox._precision_of_model,
+            available=ox.onnx_available,
+            variants=lambda: {f"onnx-{lv}": {"optimization": lv} for lv in ox.ORT_LEVELS if lv != "none"},
         ),
         help="ONNX (one self-contained file, dynamic batch), run by onnxruntime",
+    )
+    from edgeopt.export import torchscript_export as tsx
+
+    EXPORTERS.add(
+        "torchscript",
+        Exporter("torchscript", tsx.SUFFIX, tsx.TorchScriptExportConfig, tsx.export_torchscript,
+                 precision=ox._precision_of_model),
+        help="TorchScript (.torchscript: traced or scripted, frozen), run by torch.jit / LibTorch",
+    )
+    from edgeopt.export import tflite_export as tfx
+
+    EXPORTERS.add(
+        "tflite",
+        Exporter("tflite", tfx.SUFFIX, tfx.TFLiteExportConfig, tfx.export_tflite,
+                 available=tfx.tflite_available, takes_calibration=True),
+        help="TFLite (.tflite via litert-torch: fp32, fp16 or int8, NCHW input), run by LiteRT (extra 'tflite')",
+    )
+    from edgeopt.export import coreml_export as cmx
+    from edgeopt.export import openvino_export as ovx
+    from edgeopt.export import tensorrt_export as trx
+
+    EXPORTERS.add(
+        "openvino",
+        Exporter("openvino", ovx.SUFFIX, ovx.OpenVINOExportConfig, ovx.export_openvino,
+                 check=ovx.check_openvino, available=ovx.openvino_available),
+        help="OpenVINO IR (.xml + .bin; fp32, fp16, or int8 from a QDQ ONNX file), run by OpenVINO (extra 'openvino')",
+    )
+    EXPORTERS.add(
+        "coreml",
+        Exporter("coreml", cmx.SUFFIX, cmx.CoreMLExportConfig, cmx.export_coreml,
+                 available=cmx.coreml_available, runnable=cmx.coreml_runnable),
+        help="Core ML ML Program (.mlpackage; fp32, fp16, int8 weights), validated; predicts on macOS only (extra 'coreml')",
+    )
+    EXPORTERS.add(
+        "tensorrt",
+        Exporter("tensorrt", trx.SUFFIX, trx.TensorRTExportConfig, trx.export_tensorrt,
+                 available=trx.tensorrt_available),
+        help="TensorRT engine (.engine; fp32, fp16) built on a CUDA GPU (extra 'tensorrt')",
     )
 
 
@@ -108,6 +159,7 @@ def export_model(
     samples: Any = None,
     verify: bool = True,
     tolerance: Any = None,
+    calibration: Any = None,
 ) -> ExportResult:
     """Export ``model`` to ``fmt``, write its sidecar, and check it against the model.
 
@@ -126,6 +178,9 @@ def export_model(
         verify: check parity and raise ExportMismatchError on failure. False: parity is
             still measured when ``samples`` are given (never raises), else skipped.
         tolerance: override the precision's parity thresholds (see ``verify_parity``).
+        calibration: normalised float32 training images ``[N, C, H, W]``
+            (``DataModule.calibration(n)``) for formats that calibrate a quantized file
+            (``tflite`` int8); ignored by the others.
 
     Returns:
         ``ExportResult(artifact, parity)``; the parity report is also in the sidecar
@@ -156,7 +211,9 @@ def export_model(
     was_training = getattr(model, "training", False)
     model.eval()  # BN running stats and no dropout: what gets deployed
     try:
-        _, meta = exporter.export(model, spec, out, cfg)
+        extra = {"calibration": calibration} if exporter.takes_calibration else {}
+        _, meta = exporter.export(model, spec, out, cfg, **extra)
+        precision = meta.pop("precision", precision)  # set by exporters whose config picks it
         arch = getattr(model, "edgeopt_arch", None)
         lineage = list(getattr(model, "edgeopt_lineage", None) or [])
         step = {"step": "export", "format": fmt}
@@ -172,7 +229,11 @@ def export_model(
             if exporter.check is not None and verify:
                 exporter.check(model, artifact, cfg)
             parity = None
-            if verify or samples is not None:
+            not_run = exporter.runnable() if exporter.runnable is not None else None
+            if not_run is not None:  # recorded, never reported as a pass
+                artifact.meta["parity"] = {"status": "not run", "reason": not_run}
+                artifact.save_sidecar()
+            elif verify or samples is not None:
                 inputs = "real"
                 if samples is None:
                     samples, inputs = spec.example_input(32, seed=2), "random"
@@ -183,7 +244,7 @@ def export_model(
                     parity.raise_if_failed()
         except ExportMismatchError as exc:
             # A file that computes something else must not look like a finished step.
-            for p in (out, sidecar_path(out)):
+            for p in (*artifact_files(out), sidecar_path(out)):  # an OpenVINO .xml has a .bin
                 p.unlink(missing_ok=True)
             raise ExportMismatchError(
                 f"{exc} (removed {out.name}; export with verify=False to keep it for debugging)"

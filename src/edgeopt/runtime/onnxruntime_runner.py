@@ -99,7 +99,14 @@ class OnnxRuntimeRunner:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1  # one graph branch at a time: predictable, like a device
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # A plain file is optimized online at every start (ALL: onnxruntime's default). A
+        # file optimized offline at a level (OnnxExportConfig.optimization) is loaded at
+        # that same level: re-applying it is idempotent, and a higher level would make the
+        # row measure another graph than the one shipped (see edgeopt.export.onnx_export).
+        level = str((self.artifact.meta or {}).get("ort_optimization") or "none")
+        member = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}.get(level, "ORT_ENABLE_ALL")
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, member)
+        self.optimization_level = level
         opts.log_severity_level = 3  # errors only: no provider warnings on stderr
         path = self.artifact.path
         try:

@@ -1,0 +1,117 @@
+"""The ``torchscript`` runtime: a ``.torchscript`` archive loaded with ``torch.jit.load``.
+
+Security note: a TorchScript archive *contains code by design* (the TorchScript program
+of ``forward``), which ``torch.jit.load`` compiles and runs in the TorchScript interpreter.
+Unlike a pickle it cannot import arbitrary Python modules, but it can call any operator
+registered with torch (file I/O included), so load only archives you exported yourself
+or trust -- the same rule as for any model program (ONNX, TFLite are data; this is not).
+edgeopt's own weights and checkpoints stay safetensors / ``weights_only`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+
+from edgeopt.errors import ArtifactError
+from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+
+
+@RUNNERS.register("torchscript", help="TorchScript (torch.jit.load; the LibTorch C++ runtime runs the same file)")
+class TorchScriptRunner:
+    """Run a TorchScript artifact: ``torch.jit.load(map_location="cpu")``, fixed threads.
+
+    The thread count is set with ``torch.set_num_threads`` around each ``predict`` and
+    restored afterwards (the same as the ``torch`` runner), and inference runs under
+    ``torch.inference_mode``. The TorchScript profiling executor specialises the graph on
+    the first calls: time it after warm-up (``measure_latency`` does).
+
+    Args:
+        target: an Artifact of format ``"torchscript"``.
+        threads: intra-op threads inside ``predict``.
+
+    Raises:
+        ArtifactError: the file is corrupt, truncated or not TorchScript, or the spec
+            embedded in it disagrees with the sidecar's input shape.
+
+    Example:
+        >>> runner = TorchScriptRunner(Artifact.load("model.torchscript"), threads=1)  # doctest: +SKIP
+        >>> runner.predict(np.zeros((4, 1, 8, 8), np.float32)).shape  # doctest: +SKIP
+        (4, 10)
+    """
+
+    name = "torchscript"
+    formats = ("torchscript",)
+
+    def __init__(self, target: Any, threads: int | None = None) -> None:
+        import torch
+
+        from edgeopt.export.torchscript_export import SPEC_EXTRA_FILE
+
+        self.artifact = target
+        self.spec = target.spec
+        self.threads = check_threads(threads)
+        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
+        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
+        path = target.path
+        extra = {SPEC_EXTRA_FILE: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, ValueError, ... on bad archives
+            msg = " ".join(str(exc).split())[:300]
+            raise ArtifactError(
+                f"torch.jit.load cannot load {path} ({type(exc).__name__}: {msg}); the file is corrupt, "
+                f"truncated or not TorchScript: re-export it"
+            ) from None
+        self.module.eval()
+        if extra[SPEC_EXTRA_FILE]:
+            try:
+                embedded = tuple(json.loads(extra[SPEC_EXTRA_FILE]).get("input_shape") or ())
+            except (ValueError, AttributeError):
+                embedded = ()
+            if embedded and embedded != self.input_shape:
+                raise ArtifactError(
+                    f"{path} was exported for input {list(embedded)} but its sidecar says (C, H, W) = "
+                    f"{self.input_shape}; the sidecar belongs to another file: re-export the artifact"
+                )
+
+    @staticmethod
+    def version() -> str | None:
+        import torch
+
+        return str(torch.__version__)
+
+    def set_threads(self, threads: int) -> None:
+        """Change the intra-op thread count used by later ``predict`` calls."""
+        self.threads = check_threads(threads)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NCHW ``[N, C, H, W]`` -> float32 logits ``[N, classes]``.
+
+        Raises:
+            ArtifactError: the batch is not ``[N, C, H, W]`` of the artifact, or the
+                TorchScript program fails on it.
+        """
+        import torch
+
+        x = check_batch(batch, self.input_shape, f"the TorchScript artifact {self.artifact.path.name}")
+        before = torch.get_num_threads()
+        try:
+            if before != self.threads:  # set_num_threads is not free; skip when already right
+                torch.set_num_threads(self.threads)
+            with torch.inference_mode():
+                out = self.module(torch.from_numpy(x))
+        except Exception as exc:  # noqa: BLE001 - a TorchScript error is one long RuntimeError
+            msg = " ".join(str(exc).split())[:300]
+            raise ArtifactError(f"TorchScript failed on {self.artifact.path.name}: {msg}") from None
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+        if isinstance(out, (tuple, list)):  # e.g. (logits, features): logits come first
+            out = out[0]
+        return out.detach().float().cpu().numpy()
