@@ -19,7 +19,7 @@ $(BIN)/python:
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,coreml,openvino]"
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
