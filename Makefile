@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.edgeopt-installed
 
 help:
 	@echo "make demo       create .venv, install, run the demo (digits -> train -> ONNX -> report)"
-	@echo "make test       create .venv, install with the dev extra, run the whole test suite"
+	@echo "make test       create .venv, install with the dev, coreml, openvino and tflite extras, run all tests"
 	@echo "make test-fast  the tests without the real-data runs marked slow"
 	@echo "make bench      run the benchmarks in bench/ and rewrite docs/benchmarks.md"
 
@@ -17,9 +17,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Re-install when the project's dependencies change.
+# Re-install when the project's dependencies change. The extras that install on a CPU-only
+# Linux machine are installed in ONE pip command: litert-torch (tflite) pins packages that
+# hold typing_extensions back, and only a joint resolve keeps `pip check` clean.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev,coreml,openvino]"
+	$(BIN)/python -m pip install -q -e ".[dev,coreml,openvino,tflite]"
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 

@@ -24,10 +24,10 @@ import torch
 
 pytest.importorskip("litert_torch")
 
-from edgeopt.errors import ArtifactError, ConfigError  # noqa: E402
-from edgeopt.export import PARITY_THRESHOLDS, TFLiteExportConfig, export_model  # noqa: E402
-from edgeopt.models import create_model, list_models  # noqa: E402
-from edgeopt.runtime import get_runner  # noqa: E402
+from edgeopt.errors import ArtifactError, ConfigError
+from edgeopt.export import PARITY_THRESHOLDS, TFLiteExportConfig, export_model
+from edgeopt.models import create_model, list_models
+from edgeopt.runtime import get_runner
 
 _QUICK = {"simple_cnn", "resnet20"}
 INT8_MAX_ACC_DROP = 0.02  # int8 test accuracy may be at most 2 points below fp32

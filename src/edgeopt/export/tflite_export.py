@@ -39,7 +39,13 @@ from typing import Any
 
 from edgeopt._io import write_with_atomic
 from edgeopt.config import Config
-from edgeopt.errors import ConfigError, EdgeoptError, MissingDependencyError, UnsupportedModelError, require
+from edgeopt.errors import (
+    ConfigError,
+    EdgeoptError,
+    MissingDependencyError,
+    UnsupportedModelError,
+    require,
+)
 from edgeopt.spec import ModelSpec
 
 SUFFIX = ".tflite"
