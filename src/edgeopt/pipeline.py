@@ -279,8 +279,18 @@ def evaluate_path(
     """
     from edgeopt.evaluate import evaluate_variant
 
+    from edgeopt.artifact import Artifact
+    from edgeopt.errors import ArtifactError
+
     cfg = cfg or EvalConfig()
     dm = resolve_dataset(target, data).load()
+    spec = Artifact.load(target).spec
+    if tuple(spec.input_shape) != tuple(dm.spec.input_shape):  # fail before any work starts
+        raise ArtifactError(
+            f"{Path(target).name} expects images of shape {tuple(spec.input_shape)} "
+            f"({spec.dataset or 'its training data'}) but {dm.name} gives {tuple(dm.spec.input_shape)}; "
+            f"pass --data {spec.dataset or 'with the right dataset'}"
+        )
     model = None
     if str(target).endswith(".safetensors"):
         from edgeopt.models import load_checkpoint
@@ -302,11 +312,12 @@ def export_path(
     Returns:
         An ``ExportResult`` (artifact and parity report).
     """
-    from edgeopt.export import export_model
+    from edgeopt.export import EXPORTERS, export_model
     from edgeopt.models import load_checkpoint
 
+    exporter = EXPORTERS.get(fmt)  # an unknown format fails before the checkpoint is read
     model, _ = load_checkpoint(checkpoint)
-    out = Path(out) if out else Path(checkpoint).with_suffix(f".{fmt}")
+    out = Path(out) if out else Path(checkpoint).with_suffix(exporter.suffix)
     samples = None
     if verify:
         samples, _ = resolve_dataset(checkpoint, data).load().samples(n_samples, split="test")

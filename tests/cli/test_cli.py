@@ -107,3 +107,30 @@ def test_docs_cli_md_covers_every_command():
     assert len(names) >= 9
     for name in names:
         assert f"## edgeopt {name}" in doc, f"docs/cli.md lacks {name}: run scripts/gen_cli_docs.py"
+
+
+def test_artifact_whose_input_shape_does_not_match_the_data_is_one_line(capsys, tmp_path):
+    from edgeopt.data import get_dataset
+    from edgeopt.export import OnnxExportConfig, export_model
+    from edgeopt.models import create_model
+
+    digits = get_dataset("digits")  # 1x8x8 images
+    model = create_model("simple_cnn", digits.spec).eval()
+    art = export_model(model, "onnx", tmp_path / "m.onnx", OnnxExportConfig(dynamo=False),
+                       samples=digits.samples(32)[0]).artifact
+    code, _, err = run_cli(capsys, "eval", str(art.path), "--data", "synthetic", "--no-memory")  # 3x16x16
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ArtifactError"), err
+
+
+def test_missing_extra_prints_the_pip_command(capsys, tmp_path, monkeypatch):
+    """A format whose backend is not installed says which extra to install."""
+    from edgeopt.data import get_dataset
+    from edgeopt.models import create_model, save_checkpoint
+
+    digits = get_dataset("digits")
+    ckpt = save_checkpoint(tmp_path / "m", create_model("simple_cnn", digits.spec))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    code, _, err = run_cli(capsys, "export", str(ckpt), "--to", "openvino", "--no-verify")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert 'pip install "edgeopt[openvino]"' in err
