@@ -55,6 +55,9 @@ def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         fx = sorted((pts[i][0], pts[i][1]) for i in front)
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="C3", alpha=0.6, label="Pareto front")
+        ax.margins(x=0.15)  # room for the labels of the outermost points
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, min(hi, 100.5))  # accuracy never exceeds 100 %
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
