@@ -9,6 +9,7 @@ COMMANDS = [
     ["train_throughput.py", "--model", "simple_cnn", "--data", "fashion-mnist"],
     ["train_throughput.py", "--model", "simple_cnn", "--data", "digits", "--steps", "100", "--repeats", "5"],
     ["latency.py"],
+    ["train_run.py", "--model", "mobilenetv2", "--data", "imagefolder:../shared/data/cifar10-jpeg", "--epochs", "1"],
     ["runtimes.py"],
 ]
 
