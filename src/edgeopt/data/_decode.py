@@ -115,7 +115,10 @@ def _executor(n: int) -> Executor:
     except AttributeError:  # pragma: no cover - not Linux
         workers = os.cpu_count() or 1
     workers = max(1, min(workers, 8))
-    if n >= _PARALLEL_FROM and workers > 1 and "fork" in mp.get_all_start_methods():
+    # Forking a process that already runs JAX's threads (imported by litert-torch for TFLite
+    # export) can deadlock the child: decode in this process then, slower but safe.
+    fork_safe = "jax" not in sys.modules
+    if n >= _PARALLEL_FROM and workers > 1 and fork_safe and "fork" in mp.get_all_start_methods():
         return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
     return ThreadPoolExecutor(1)
 
