@@ -38,6 +38,24 @@ class Runner(Protocol):
         ...
 
 
+def bind_target(runner: Any, artifact: Any, spec: Any, threads: Any) -> None:
+    """Set the attributes every Runner has: artifact, spec, threads, input and output shape.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from edgeopt.spec import ModelSpec
+        >>> r = SimpleNamespace()
+        >>> bind_target(r, None, ModelSpec((1, 8, 8), 10, (0.5,), (0.25,)), 2)
+        >>> r.threads, r.input_shape, r.output_shape
+        (2, (1, 8, 8), (10,))
+    """
+    runner.artifact = artifact
+    runner.spec = spec
+    runner.threads = check_threads(threads)
+    runner.input_shape = tuple(spec.input_shape)  # (C, H, W) of one image
+    runner.output_shape = (spec.num_classes,)
+
+
 def check_threads(threads: Any) -> int:
     """``threads`` as a positive int (None -> :data:`DEFAULT_THREADS`); else ConfigError."""
     if threads is None:

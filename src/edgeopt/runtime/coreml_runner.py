@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, MissingDependencyError
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch
 
 
 def macos_required_message(path: Any) -> str:
@@ -56,11 +56,7 @@ class CoreMLRunner:
     formats = ("coreml",)
 
     def __init__(self, target: Any, threads: int | None = None, compute_units: str = "CPU_ONLY") -> None:
-        self.artifact = target
-        self.spec = target.spec
-        self.threads = check_threads(threads)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
+        bind_target(self, target, target.spec, threads)
         if sys.platform != "darwin":
             raise MissingDependencyError(macos_required_message(target.path.name))
         from edgeopt.export.coreml_export import _ct, _quiet_coremltools

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, require
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 
 def _litert_interpreter() -> Any:
@@ -62,12 +62,8 @@ class LiteRTRunner:
     formats = ("tflite",)
 
     def __init__(self, target: Any, threads: int | None = None, xnnpack: bool = True) -> None:
-        self.artifact = target
-        self.spec = target.spec
-        self.threads = check_threads(threads)
+        bind_target(self, target, target.spec, threads)
         self.xnnpack = bool(xnnpack)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
         self._build()
 
     @staticmethod

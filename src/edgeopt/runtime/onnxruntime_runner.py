@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, MissingDependencyError, require
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 #: short names -> onnxruntime execution providers, in the order they are tried
 PROVIDERS = {
@@ -57,12 +57,8 @@ class OnnxRuntimeRunner:
     formats = ("onnx",)
 
     def __init__(self, target: Any, threads: int | None = None, providers: Any = None) -> None:
-        self.artifact = target
-        self.spec = target.spec
-        self.threads = check_threads(threads)
+        bind_target(self, target, target.spec, threads)
         self.providers = self._resolve_providers(providers)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
         self.fixed_batch: int | None = None  # the batch size a static-batch file demands
         self._build_session()
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, ConfigError, require
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 #: artifact precision -> the OpenVINO CPU inference precision asked for
 _HINTS = {"fp32": "f32", "int8": "f32", "mixed": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -120,11 +120,7 @@ class OpenVINORunner:
         dynamic_batch: bool = False,
         device: str = "CPU",
     ) -> None:
-        self.artifact = target
-        self.spec = target.spec
-        self.threads = check_threads(threads)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
+        bind_target(self, target, target.spec, threads)
         self.dynamic_batch = bool(dynamic_batch)
         self.device = device
         self.fixed_batch: int | None = None  # the batch a static-batch IR demands

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch
 
 
 @RUNNERS.register("tensorrt", help="TensorRT (.engine on a CUDA GPU; extra 'tensorrt')")
@@ -45,11 +45,7 @@ class TensorRTRunner:
     def __init__(self, target: Any, threads: int | None = None) -> None:
         from edgeopt.export.tensorrt_export import require_tensorrt
 
-        self.artifact = target
-        self.spec = target.spec
-        self.threads = check_threads(threads)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
+        bind_target(self, target, target.spec, threads)
         trt = require_tensorrt("the TensorRT runtime")
         import torch
 

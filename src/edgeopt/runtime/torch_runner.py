@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, ModelLoadError
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 from edgeopt.spec import get_spec
 
 
@@ -50,10 +50,8 @@ class TorchRunner:
             except ModelLoadError as exc:
                 raise ArtifactError(f"cannot load checkpoint artifact {target.path}: {exc}") from None
             self.artifact = target
-        self.spec = get_spec(self.model) if self.artifact is None else self.artifact.spec
-        self.threads = check_threads(threads)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
+        spec = get_spec(self.model) if self.artifact is None else self.artifact.spec
+        bind_target(self, self.artifact, spec, threads)
 
     @staticmethod
     def version() -> str | None:

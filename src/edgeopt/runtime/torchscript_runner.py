@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError
-from edgeopt.runtime._base import RUNNERS, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 
 @RUNNERS.register("torchscript", help="TorchScript (torch.jit.load; the LibTorch C++ runtime runs the same file)")
@@ -51,11 +51,7 @@ class TorchScriptRunner:
 
         from edgeopt.export.torchscript_export import SPEC_EXTRA_FILE
 
-        self.artifact = target
-        self.spec = target.spec
-        self.threads = check_threads(threads)
-        self.input_shape: tuple[int, ...] = tuple(self.spec.input_shape)
-        self.output_shape: tuple[int, ...] = (self.spec.num_classes,)
+        bind_target(self, target, target.spec, threads)
         path = target.path
         extra = {SPEC_EXTRA_FILE: ""}
         try:
