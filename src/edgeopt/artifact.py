@@ -49,6 +49,10 @@ DEFAULT_RUNTIME["coreml"] = "coreml"
 # TensorRT: a serialized engine, tied to the GPU model and TensorRT version that built it
 FORMATS[".engine"] = "tensorrt"
 DEFAULT_RUNTIME["tensorrt"] = "tensorrt"
+# torch.export program (.pt2, torch.export.save): PT2E int8 from the torch quantization
+# backend (engine pt2e-x86), run by the "torch_export" runner after inductor lowering
+FORMATS[".pt2"] = "torch_export"
+DEFAULT_RUNTIME["torch_export"] = "torch_export"
 #: suffix -> suffixes of files that ship with the artifact (same stem, same folder)
 COMPANIONS: dict[str, tuple[str, ...]] = {".xml": (".bin",)}
 #: formats whose artifact is a folder, not a file
@@ -237,6 +241,11 @@ class Artifact:
             raise ArtifactError(
                 f"{p} has no sidecar {sidecar_path(p).name}; re-export it with "
                 f"edgeopt.export.export_model(model, '{fmt}', path)"
+            )
+        if fmt == "torch_export":  # precision and quantized engine live in the sidecar only
+            raise ArtifactError(
+                f"{p} has no sidecar {sidecar_path(p).name}; rebuild it with "
+                f"edgeopt.quantize.quantize(model, QuantConfig(backend='torch', engine='pt2e-x86'), data, path)"
             )
         if fmt == "onnx":
             return cls._from_onnx_file(p)

@@ -116,6 +116,8 @@ class RunConfig(Config):
     train: Any = dataclasses.field(default_factory=_default_train)  # edgeopt.train.TrainConfig
     skip_training: bool = False
     formats: tuple[str, ...] = ("onnx",)
+    #: int8 variants: each a dict of QuantConfig fields (edgeopt.quantize); () for none
+    quantize: tuple[dict, ...] = ({"backend": "onnxruntime"}, {"backend": "torch", "engine": "x86"})
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     verify: bool = True
     progress: bool = True
@@ -126,6 +128,12 @@ class RunConfig(Config):
         for fmt in self.formats:
             if fmt not in list_formats():
                 raise ConfigError(f"RunConfig.formats: unknown format '{fmt}'; choices: {', '.join(list_formats())}")
+        from edgeopt.quantize import QuantConfig
+
+        for q in self.quantize:
+            if not isinstance(q, dict):
+                raise ConfigError(f"RunConfig.quantize: each entry is a dict of QuantConfig fields, got {q!r}")
+            QuantConfig.from_dict(q)  # a bad entry fails before any work
         if self.skip_training and not self.model.weights:
             raise ConfigError("skip_training needs model.weights (a checkpoint to start from)")
 
@@ -223,11 +231,44 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if exp.parity is not None:
             row["parity"] = exp.parity.to_dict()
         results["variants"].append(row)
+    _quantized_variants(cfg, model, data, artifacts_dir, results, lineage, common)
     results["elapsed_s"] = round(time.perf_counter() - t0, 2)
     save_results(out / "results.json", results)
     report = write_report(results, out)
     _log(cfg, f"wrote {out / 'results.json'} and {report} in {results['elapsed_s']:.1f} s")
     return results
+
+
+def quant_variant_name(q) -> str:
+    """``int8 onnxruntime``, ``int8 torch-x86``, ``int8 qat litert``... (static is the default)"""
+    engine = f"-{q.engine}" if q.backend == "torch" else ""
+    extra = "" if q.per_channel else " per-tensor"
+    method = "" if q.method == "static" else f" {q.method}"
+    return f"int8{method} {q.backend}{engine}{extra}"
+
+
+def _quantized_variants(cfg: RunConfig, model, data, artifacts_dir: Path, results: dict, lineage: list,
+                        common: dict) -> None:
+    """Quantize, measure each int8 artifact, draw the first one's histograms."""
+    from edgeopt.evaluate import evaluate_variant
+    from edgeopt.quantize import QuantConfig, quantize
+    from edgeopt.quantize.jobs import write_histograms
+
+    for i, qd in enumerate(cfg.quantize):
+        q = QuantConfig.from_dict(qd)
+        name = quant_variant_name(q)
+        _log(cfg, f"quantizing: {name}")
+        res = quantize(model, q, data, artifacts_dir / name.replace(" ", "_"), progress=cfg.progress)
+        row = evaluate_variant(name, res.artifact, data, model=model,
+                               lineage=lineage + [{"step": "quantize", "method": q.method, "backend": q.backend}],
+                               **common)
+        row["quantization"] = {"agreement": res.agreement, "float_layers": res.float_layers,
+                               "warnings": res.warnings}
+        results["variants"].append(row)
+        if i == 0 and res.qparams:
+            figs = write_histograms(model, res, data, artifacts_dir, name.replace(" ", "_"))
+            results.setdefault("figures", []).extend(
+                {**f, "path": f"artifacts/{f['path']}"} for f in figs)
 
 
 @dataclasses.dataclass(frozen=True)

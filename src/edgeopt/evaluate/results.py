@@ -9,8 +9,12 @@ Top level::
       "created": "2026-05-09T07:35:25+00:00",
       "machine": {...},                    # edgeopt.evaluate.machine_info()
       "config": {...},                     # the run's config as a dict
-      "variants": [VariantResult, ...]
+      "variants": [VariantResult, ...],
+      "figures": [{"title": str, "path": str, "caption": str}, ...]   # optional
     }
+
+``figures`` (optional) are extra PNGs for the report, e.g. int8 weight histograms; each
+``path`` is relative to the report's folder and ``caption`` may be left out.
 
 A VariantResult (one row of the report; built by ``evaluate_variant``)::
 
@@ -158,6 +162,18 @@ def _validate_variant(v: Any, where: str) -> None:
     _check_finite(v, where)
 
 
+def _validate_figures(figures: Any) -> None:
+    if figures is None:
+        return
+    if not isinstance(figures, list):
+        raise _err("results figures must be a list of {title, path, caption?}")
+    for i, f in enumerate(figures):
+        if not isinstance(f, dict) or not isinstance(f.get("title"), str) or not isinstance(f.get("path"), str):
+            raise _err(f"figures[{i}] must be a mapping with string title and path")
+        if not isinstance(f.get("caption", ""), str):
+            raise _err(f"figures[{i}]: caption must be a string")
+
+
 def validate_results(d: Any) -> dict[str, Any]:
     """Check a results dict against the schema; returns it unchanged.
 
@@ -189,6 +205,7 @@ def validate_results(d: Any) -> dict[str, Any]:
         raise _err("results machine and config must be mappings")
     if not isinstance(d["variants"], list):
         raise _err("results variants must be a list")
+    _validate_figures(d.get("figures"))
     seen: set[str] = set()
     for i, v in enumerate(d["variants"]):
         _validate_variant(v, where=f"variants[{i}]")

@@ -94,8 +94,79 @@ def _settings_line(results: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
-    """The report as Markdown text."""
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _figures(results: dict[str, Any], base_dir: str | Path | None) -> list[tuple[str, str, str, Path | None]]:
+    """``results["figures"]`` as (title, path, caption, file) rows; ``file`` is None when the
+    PNG is missing (or not a PNG), so the report says so instead of breaking."""
+    rows = []
+    for fig in results.get("figures") or []:
+        if not isinstance(fig, dict) or not fig.get("path"):
+            continue
+        rel = str(fig["path"])
+        f = Path(base_dir or ".") / rel
+        try:
+            with open(f, "rb") as fh:
+                ok = fh.read(8) == _PNG_MAGIC
+        except OSError:  # missing, a folder, unreadable
+            ok = False
+        rows.append((str(fig.get("title") or Path(rel).stem), rel, str(fig.get("caption") or ""), f if ok else None))
+    return rows
+
+
+def _figures_markdown(results: dict[str, Any], base_dir: str | Path | None) -> list[str]:
+    rows = _figures(results, base_dir)
+    if not rows:
+        return []
+    lines = ["", "## Figures"]
+    for title, rel, caption, f in rows:
+        lines.append("")
+        if f is None:
+            lines.append(f"**{title}** (figure missing: {rel})")
+            continue
+        target = f"<{rel}>" if " " in rel else rel  # a path with spaces needs <> in Markdown
+        lines.append(f"![{title.replace('[', '(').replace(']', ')')}]({target})")
+        if caption:
+            lines += ["", f"*{title}.* {caption}"]
+    return lines
+
+
+def _figures_html(results: dict[str, Any], base_dir: str | Path | None) -> str:
+    import base64
+
+    rows = _figures(results, base_dir)
+    if not rows:
+        return ""
+    parts = ["<h2>Figures</h2>"]
+    for title, rel, caption, f in rows:
+        cap = f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}</figcaption>"
+        if f is None:
+            parts.append(f"<figure><p>(figure missing: {html.escape(rel)})</p>{cap}</figure>")
+            continue
+        data = base64.b64encode(f.read_bytes()).decode()
+        parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">{cap}</figure>')
+    return "".join(parts)
+
+
+def render_markdown(
+    results: dict[str, Any], plots: list[str] | None = None, base_dir: str | Path | None = None
+) -> str:
+    """The report as Markdown text.
+
+    Args:
+        results: a results dict (``edgeopt.evaluate.results``); its optional ``figures``
+            (``[{"title", "path", "caption"?}]``) become a "Figures" section.
+        plots: file names of the Pareto plots, beside the report.
+        base_dir: the report's folder: figure paths are relative to it (default: the
+            current directory). A missing PNG is listed as "(figure missing: path)".
+
+    Example:
+        >>> md = render_markdown({"run": "demo", "variants": [],
+        ...                       "figures": [{"title": "w", "path": "nope.png"}]})
+        >>> "(figure missing: nope.png)" in md
+        True
+    """
     headers, rows = variant_rows(results)
     lines = [
         f"# edgeopt report: {results.get('run', 'run')}",
@@ -110,21 +181,29 @@ def render_markdown(results: dict[str, Any], plots: list[str] | None = None) -> 
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [
         "",
-        "Every figure was measured on the artifact itself, in its runtime: size is the file "
-        "you would ship (gzip'd: what it costs over a network); peak MB is the peak resident "
-        "memory of a fresh process that loads the artifact and runs inference; "
-        "\\* energy is an **estimate** from MACs and bytes moved with the 45 nm per-operation "
-        "energies of Horowitz (ISSCC 2014), not a measurement.",
+        (
+            "Every figure was measured on the artifact itself, in its runtime: size is the file "
+            "you would ship (gzip'd: what it costs over a network); peak MB is the peak resident "
+            "memory of a fresh process that loads the artifact and runs inference; "
+            "\\* energy is an **estimate** from MACs and bytes moved with the 45 nm per-operation "
+            "energies of Horowitz (ISSCC 2014), not a measurement."
+        ),
     ]
     for p in plots or []:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
+    lines += _figures_markdown(results, base_dir)
     if results.get("elapsed_s") is not None:
         lines += ["", f"Run time: {results['elapsed_s']:.1f} s."]
     return "\n".join(lines) + "\n"
 
 
-def render_html(results: dict[str, Any], plot_pngs: list[Path]) -> str:
-    """A self-contained HTML page (plots embedded as base64 PNG)."""
+def render_html(
+    results: dict[str, Any], plot_pngs: list[Path], base_dir: str | Path | None = None
+) -> str:
+    """A self-contained HTML page (plots and ``results["figures"]`` embedded as base64 PNG).
+
+    ``base_dir`` is the folder figure paths are relative to (default: the current directory).
+    """
     import base64
 
     headers, rows = variant_rows(results)
@@ -138,6 +217,7 @@ def render_html(results: dict[str, Any], plot_pngs: list[Path]) -> str:
         "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,td:nth-child(2){text-align:left}img{max-width:48%;margin:1em 1% 0 0}"
+        "figure{margin:1em 0}figure img{max-width:100%;margin:0}figcaption{color:#444}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgeopt report: "
@@ -147,12 +227,15 @@ def render_html(results: dict[str, Any], plot_pngs: list[Path]) -> str:
         f"<p>{html.escape(_settings_line(results))}.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         "<p>* energy is an estimate (Horowitz, ISSCC 2014, 45 nm), not a measurement.</p>"
-        f"{imgs}</body></html>\n"
+        f"{imgs}{_figures_html(results, base_dir)}</body></html>\n"
     )
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html`` and the Pareto plots into ``out_dir``.
+
+    Figures listed in ``results["figures"]`` have paths relative to ``out_dir``: report.md
+    links them, report.html embeds them.
 
     Returns:
         The path of ``report.md``.
@@ -162,5 +245,5 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pngs = pareto_plots(results, out)
-    write_text_atomic(out / "report.html", render_html(results, pngs))
-    return write_text_atomic(out / "report.md", render_markdown(results, [p.name for p in pngs]))
+    write_text_atomic(out / "report.html", render_html(results, pngs, base_dir=out))
+    return write_text_atomic(out / "report.md", render_markdown(results, [p.name for p in pngs], base_dir=out))

@@ -21,6 +21,7 @@ from edgeopt.runtime.torchscript_runner import TorchScriptRunner
 from edgeopt.runtime.openvino_runner import OpenVINORunner
 from edgeopt.runtime.coreml_runner import CoreMLRunner
 from edgeopt.runtime.tensorrt_runner import TensorRTRunner
+from edgeopt.runtime.torch_export_runner import TorchExportRunner
 
 __all__ = [
     "DEFAULT_THREADS",
@@ -32,6 +33,7 @@ __all__ = [
     "Runner",
     "TorchRunner",
     "TensorRTRunner",
+    "TorchExportRunner",
     "TorchScriptRunner",
     "check_batch",
     "get_runner",

@@ -10,14 +10,32 @@ edgeopt's own weights and checkpoints stay safetensors / ``weights_only`` files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from edgeopt.errors import ArtifactError
 from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
+
+
+@contextlib.contextmanager
+def _engine(engine: str | None) -> Iterator[None]:
+    """Set ``torch.backends.quantized.engine`` to ``engine`` for the block (None: leave it)."""
+    import torch
+
+    before = torch.backends.quantized.engine
+    if engine is None or engine == before:
+        yield
+        return
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 @RUNNERS.register("torchscript", help="TorchScript (torch.jit.load; the LibTorch C++ runtime runs the same file)")
@@ -27,7 +45,10 @@ class TorchScriptRunner:
     The thread count is set with ``torch.set_num_threads`` around each ``predict`` and
     restored afterwards (the same as the ``torch`` runner), and inference runs under
     ``torch.inference_mode``. The TorchScript profiling executor specialises the graph on
-    the first calls: time it after warm-up (``measure_latency`` does).
+    the first calls: time it after warm-up (``measure_latency`` does). An int8 archive from
+    the torch quantization backend names its quantized engine in the sidecar
+    (``meta["quantized_engine"]``: x86, fbgemm or qnnpack); ``torch.backends.quantized.engine``
+    is set to it while loading and predicting, and restored afterwards.
 
     Args:
         target: an Artifact of format ``"torchscript"``.
@@ -53,9 +74,20 @@ class TorchScriptRunner:
 
         bind_target(self, target, target.spec, threads)
         path = target.path
+        # int8 archives from the torch quantization backend: their packed weights are unpacked
+        # for one quantized engine at load time, and the int8 ops dispatch on it at run time
+        self.quantized_engine = (target.meta or {}).get("quantized_engine")
+        if self.quantized_engine == "pt2e-x86":  # not a torch.backends.quantized engine
+            self.quantized_engine = None
+        if self.quantized_engine and self.quantized_engine not in torch.backends.quantized.supported_engines:
+            raise ArtifactError(
+                f"{path} is int8 for the '{self.quantized_engine}' quantized engine, which this torch build lacks "
+                f"(it has {', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')}); "
+                f"re-quantize it for one of those"
+            )
         extra = {SPEC_EXTRA_FILE: ""}
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _engine(self.quantized_engine):
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, ValueError, ... on bad archives
@@ -100,7 +132,7 @@ class TorchScriptRunner:
         try:
             if before != self.threads:  # set_num_threads is not free; skip when already right
                 torch.set_num_threads(self.threads)
-            with torch.inference_mode():
+            with torch.inference_mode(), _engine(self.quantized_engine):
                 out = self.module(torch.from_numpy(x))
         except Exception as exc:  # noqa: BLE001 - a TorchScript error is one long RuntimeError
             msg = " ".join(str(exc).split())[:300]

@@ -1,0 +1,248 @@
+"""The quantization backend registry and :func:`quantize`, the one entry point.
+
+A backend turns a float model into an int8 **artifact** a Runner loads (QDQ ONNX,
+TorchScript, .tflite) and a **fake-quant PyTorch reference** computing with the
+artifact's own scales. :func:`quantize` then runs both on held-out images and records
+their top-1 agreement, so an int8 file that silently computes something else is caught.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.errors import ConfigError, MissingDependencyError
+from edgeopt.quantize.config import QuantConfig
+from edgeopt.registry import Registry
+
+
+@dataclasses.dataclass
+class Built:
+    """What a backend's ``build`` returns."""
+
+    artifact: Any  # edgeopt.artifact.Artifact
+    reference: nn.Module | None  # fake-quant PyTorch model with the artifact's qparams
+    float_layers: list[str] = dataclasses.field(default_factory=list)  # layers left float
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    qparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # layer -> weight/input qparams
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantBackend:
+    """One int8 backend.
+
+    ``build(model, config, calibration, out_path, keep_float, data) -> Built``: ``model``
+    is the float model in eval mode carrying its ModelSpec, ``calibration`` normalised
+    training images, ``keep_float`` the resolved layer names to leave float, ``data`` the
+    DataModule (QAT trains on it).
+    """
+
+    name: str
+    methods: tuple[str, ...]
+    suffix: str
+    build: Callable[..., Built]
+    available: Callable[[], str | None]
+
+
+#: backend name -> module holding its ``BACKEND`` (imported on first use: each backend's
+#: package is heavy and optional)
+QUANT_BACKENDS: Registry = Registry("quantization backend")
+QUANT_BACKENDS.add("onnxruntime", "edgeopt.quantize.onnxruntime_backend",
+                   help="QDQ ONNX through onnxruntime.quantization (default): static, dynamic, qat")
+QUANT_BACKENDS.add("torch", "edgeopt.quantize.torch_backend",
+                   help="PyTorch int8 kernels: torch.ao FX (x86/fbgemm/qnnpack, TorchScript file) "
+                        "or torchao PT2E (pt2e-x86, torch.export file)")
+QUANT_BACKENDS.add("litert", "edgeopt.quantize.litert_backend",
+                   help="int8 .tflite through litert-torch's PT2E quantizer (extra 'tflite')")
+
+
+def get_backend(name: str) -> QuantBackend:
+    """The :class:`QuantBackend` called ``name`` (its module is imported now)."""
+    import importlib
+
+    return importlib.import_module(QUANT_BACKENDS.get(name)).BACKEND
+
+
+def list_backends() -> list[str]:
+    """Names of the quantization backends.
+
+    Example:
+        >>> list_backends()
+        ['onnxruntime', 'torch', 'litert']
+    """
+    return QUANT_BACKENDS.names()
+
+
+@dataclasses.dataclass
+class QuantResult:
+    """What :func:`quantize` returns."""
+
+    artifact: Any
+    reference: nn.Module | None
+    config: QuantConfig
+    float_layers: list[str]
+    warnings: list[str]
+    agreement: dict[str, Any] | None
+    qparams: dict[str, Any]
+    seconds: float
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": str(self.artifact.path),
+            "format": self.artifact.format,
+            "precision": self.artifact.precision,
+            "config": self.config.to_dict(),
+            "float_layers": list(self.float_layers),
+            "warnings": list(self.warnings),
+            "agreement": self.agreement,
+            "seconds": round(self.seconds, 2),
+            **{k: v for k, v in self.meta.items() if k not in ("qparams",)},
+        }
+
+
+def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, threads: int = 1) -> dict[str, Any]:
+    """Top-1 agreement of ``artifact`` (run by its Runner) and ``reference`` on ``samples``.
+
+    Returns ``{"samples", "top1_agreement", "max_abs_diff", "mean_abs_diff"}``.
+    """
+    from edgeopt.runtime import get_runner
+
+    runner = get_runner(artifact, threads=threads)
+    x = samples.detach().float()
+    got = np.concatenate([runner.predict(x[i:i + 64].numpy()) for i in range(0, len(x), 64)])
+    with torch.no_grad():
+        reference.eval()
+        want = torch.cat([reference(x[i:i + 64]) for i in range(0, len(x), 64)]).float().numpy()
+    diff = np.abs(got - want)
+    return {
+        "samples": len(x),
+        "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+    }
+
+
+def resolve_keep_float(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    from edgeopt.quantize.layers import match_layers, quantizable_layers
+
+    return match_layers(quantizable_layers(model), patterns) if patterns else []
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | dict | None,
+    data: Any,
+    out_path: str | Path,
+    *,
+    verify: bool = True,
+    progress: bool = True,
+) -> QuantResult:
+    """Quantize ``model`` to an int8 artifact for ``config.backend`` and check it.
+
+    Args:
+        model: a float ``nn.Module`` carrying its ModelSpec (``create_model``,
+            ``load_checkpoint``); it is not modified.
+        config: a :class:`QuantConfig`, a dict of its fields, or None (defaults).
+        data: the DataModule: calibration images come from its training split, the
+            agreement check uses its validation split, QAT trains on it.
+        out_path: the artifact to write; the backend's suffix is added when missing.
+        verify: compare the artifact with its fake-quant PyTorch reference on
+            ``config.verify_samples`` held-out images (top-1 agreement in the result).
+        progress: print what is happening on stderr.
+
+    Returns:
+        A :class:`QuantResult`: the artifact (sidecar records the config, the layers left
+        float and the agreement), the reference, warnings.
+
+    Raises:
+        ConfigError: bad config, a method the backend does not offer, a keep_float
+            pattern that matches no layer.
+        MissingDependencyError: the backend's package is not installed (the message has
+            the pip command).
+        UnsupportedModelError: a layer the backend cannot quantize (the message names it).
+        DataError: NaN/inf in the calibration images or the model's outputs.
+
+    Example:
+        >>> from edgeopt.data import get_dataset
+        >>> from edgeopt.models import create_model
+        >>> data = get_dataset("digits")
+        >>> res = quantize(create_model("simple_cnn", data.spec), None, data, "/tmp/m_int8")  # doctest: +SKIP
+        >>> res.artifact.precision  # doctest: +SKIP
+        'int8'
+    """
+    from edgeopt.quantize.layers import check_finite
+    from edgeopt.spec import get_spec
+
+    cfg = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config or {})
+    backend = get_backend(cfg.backend)
+    if cfg.method not in backend.methods:
+        raise ConfigError(
+            f"the {cfg.backend} backend offers methods {', '.join(backend.methods)}, not '{cfg.method}'"
+        )
+    reason = backend.available()
+    if reason is not None:
+        raise MissingDependencyError(reason)
+    get_spec(model)  # a model without spec fails here, before any work
+    out = Path(out_path)
+    if out.suffix != backend.suffix:
+        out = out.with_name(out.name + backend.suffix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    if cfg.max_drop is not None:
+        from edgeopt.quantize.sensitivity import auto_mixed_precision
+
+        return auto_mixed_precision(model, cfg, data, out, verify=verify, progress=progress)
+
+    t0 = time.perf_counter()
+    model = model.eval()
+    calibration = data.calibration(cfg.calibration_samples, seed=cfg.seed)
+    check_finite(model, calibration)
+    keep = resolve_keep_float(model, cfg.keep_float)
+    _log(progress, f"quantizing ({cfg.method}, {cfg.backend}, calibration {cfg.calibration} on "
+                   f"{len(calibration)} images{', keeping ' + str(len(keep)) + ' layer(s) float' if keep else ''})")
+    from edgeopt.quantize.qat import PROGRESS
+
+    token = PROGRESS.set(progress)  # QAT's Trainer follows quantize(progress=...)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            built = backend.build(model, cfg, calibration, out, keep, data)
+    finally:
+        PROGRESS.reset(token)
+    agreement = None
+    if verify and built.reference is not None:
+        samples, _ = data.samples(cfg.verify_samples, split="val" if len(data.split("val")) else "test",
+                                  seed=cfg.seed + 1)
+        agreement = top1_agreement(built.reference, built.artifact, samples)
+        _log(progress, f"int8 artifact vs fake-quant reference: top-1 agreement "
+                       f"{100 * agreement['top1_agreement']:.2f} % on {agreement['samples']} images")
+    art = built.artifact
+    art.meta["quantization"] = {
+        **{k: v for k, v in cfg.to_dict().items() if not k.startswith("qat_") or cfg.method == "qat"},
+        "float_layers": built.float_layers,
+        "warnings": built.warnings,
+        "agreement": agreement,
+        **built.meta,
+    }
+    art.save_sidecar()
+    for w in built.warnings:
+        _log(progress, f"warning: {w}")
+    return QuantResult(art, built.reference, cfg, built.float_layers, built.warnings, agreement,
+                       built.qparams, time.perf_counter() - t0, dict(built.meta))
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        import sys
+
+        print(f"[edgeopt] {msg}", file=sys.stderr, flush=True)

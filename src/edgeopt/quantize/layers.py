@@ -1,0 +1,125 @@
+"""Which layers a quantizer touches, layer patterns, and batch-norm folding.
+
+Layers are named by their qualified name (``features.3.conv.0.0``) or a pattern
+(``features.0.*`` glob, ``re:.*classifier.*`` regex), never by module objects, so a recipe
+and a CLI flag can say which layers stay float (DESIGN habit 3).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from edgeopt.errors import ConfigError
+
+#: module types whose weights and inputs an int8 backend quantizes
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+#: module types that hold weights but no int8 kernel exists for in static quantization
+#: here; they stay float with a warning (dynamic quantization handles LSTM/GRU).
+FLOAT_ONLY = (nn.LSTM, nn.GRU, nn.RNN, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Conv3d,
+              nn.MultiheadAttention, nn.Embedding)
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the Conv/Linear layers a static int8 backend quantizes, in order.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+        >>> quantizable_layers(m)
+        ['0', '3']
+    """
+    return [name for name, mod in model.named_modules() if isinstance(mod, QUANTIZABLE) and name]
+
+
+def float_only_layers(model: nn.Module) -> list[str]:
+    """Qualified names of weight layers that static int8 leaves float (LSTM, ConvTranspose, ...)."""
+    return [name for name, mod in model.named_modules() if isinstance(mod, FLOAT_ONLY) and name]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern) or name == pattern or name.startswith(pattern + ".")
+
+
+def match_layers(names: Sequence[str], patterns: Iterable[str], what: str = "keep_float") -> list[str]:
+    """The ``names`` matched by any of ``patterns``; a pattern that matches nothing is an error.
+
+    A plain name also matches the layers inside it (``features.1`` matches
+    ``features.1.conv.0.0``); ``*`` globs; ``re:`` starts a full-match regular expression.
+
+    Raises:
+        ConfigError: a pattern matches no layer (the message lists some valid names), or a
+            regex does not compile.
+
+    Example:
+        >>> match_layers(["features.0.0", "features.1.conv.0", "classifier.1"], ["features.1", "re:class.*"])
+        ['features.1.conv.0', 'classifier.1']
+    """
+    chosen: list[str] = []
+    for pat in patterns:
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as exc:
+                raise ConfigError(f"{what}: bad regular expression {pat!r}: {exc}") from None
+        hits = [n for n in names if _matches(n, pat)]
+        if not hits:
+            sample = ", ".join(list(names)[:6]) + (", ..." if len(names) > 6 else "")
+            raise ConfigError(f"{what}: pattern {pat!r} matches no quantizable layer; layers are: {sample}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return [n for n in names if n in chosen]
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every Conv->BatchNorm pair folded into the conv.
+
+    What every int8 backend deploys: the BN scale and shift become the conv's weight and
+    bias, so one int8 conv replaces two ops. Uses ``torch.fx`` (the copy is a GraphModule
+    whose conv layers keep their qualified names); a model fx cannot trace is returned as
+    an unfolded eval copy with a warning (backends fold it themselves later).
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+        >>> f = fold_batchnorm(m)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> bool(torch.allclose(f(x), m(x), atol=1e-5)), any(isinstance(x, nn.BatchNorm2d) for x in f.modules())
+        (True, False)
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    src = copy.deepcopy(model).eval()
+    try:
+        folded = fuse(src, inplace=True)
+    except Exception as exc:  # noqa: BLE001 - untraceable control flow: keep the model, say so
+        warnings.warn(f"batch-norm folding skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                      stacklevel=2)
+        return src
+    for attr in ("edgeopt_spec", "edgeopt_arch", "edgeopt_lineage"):
+        if hasattr(model, attr):
+            setattr(folded, attr, getattr(model, attr))
+    return folded.eval()
+
+
+def module_index(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+def check_finite(model: nn.Module, x: torch.Tensor, what: str = "calibration images") -> None:
+    """Raise a one-line DataError when ``x`` or the model's outputs on it hold NaN or inf."""
+    from edgeopt.errors import DataError
+
+    if not torch.isfinite(x).all():
+        raise DataError(f"the {what} contain NaN or inf values; check the dataset and its normalisation")
+    with torch.no_grad():
+        out = model.eval()(x[:32])
+    if not torch.isfinite(out).all():
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        where = f" (non-finite weights in {', '.join(bad[:3])})" if bad else ""
+        raise DataError(f"the model outputs NaN or inf on the {what}{where}; quantization needs a finite float model")

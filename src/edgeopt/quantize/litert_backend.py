@@ -1,0 +1,141 @@
+"""LiteRT int8: a full-integer ``.tflite`` from litert-torch's PT2E quantizer.
+
+The model is captured with ``torch.export``, annotated with litert-torch's
+``PT2EQuantizer`` (int8 symmetric activations, int8 weights per channel or per tensor;
+``is_dynamic`` for dynamic quantization, ``is_qat`` for QAT), calibrated on the training
+images and converted with ``convert_pt2e(fold_quantize=False)``. That Q/DQ graph *is* the
+fake-quant PyTorch reference: the converter lowers exactly it to TFLite int8 kernels, so
+the reference and the file share every scale and zero point.
+
+What litert-torch does not offer, said plainly instead of approximated: activation ranges
+come from its own HistogramObserver (``calibration="minmax"``, the default, stands for it;
+``percentile``/``entropy`` are onnxruntime-backend options), activations are always
+symmetric int8, and its quantizer cannot leave single layers float (``keep_float`` and
+``max_drop`` are refused with that reason). The file has a fixed batch size of 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeopt.errors import ConfigError, EdgeoptError, UnsupportedModelError
+from edgeopt.quantize._base import Built, QuantBackend
+from edgeopt.quantize.config import QuantConfig
+from edgeopt.spec import get_spec
+
+
+def available() -> str | None:
+    from edgeopt.export.tflite_export import tflite_available
+
+    return tflite_available()
+
+
+def _quantizer(cfg: QuantConfig) -> Any:
+    from litert_torch.quantize import pt2e_quantizer as pq
+
+    qconf = pq.get_symmetric_quantization_config(
+        is_per_channel=cfg.per_channel, is_qat=cfg.method == "qat", is_dynamic=cfg.method == "dynamic")
+    return pq.PT2EQuantizer().set_global(qconf)
+
+
+def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Path,
+          keep_float: list[str], data: Any) -> Built:
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    from edgeopt._io import write_with_atomic
+    from edgeopt.artifact import Artifact
+    from edgeopt.export import tflite_export as tfx
+    from edgeopt.quantize.layers import quantizable_layers
+
+    if keep_float:
+        raise ConfigError("the litert backend cannot keep single layers float (litert-torch's quantizer has "
+                          "no per-layer opt-out); use --backend onnxruntime for keep_float / max_drop")
+    if cfg.calibration != "minmax":
+        raise ConfigError(f"the litert backend calibrates with litert-torch's histogram observer; "
+                          f"calibration='{cfg.calibration}' is an onnxruntime-backend option")
+    if cfg.symmetric_activations is False and cfg.method != "dynamic":
+        pass  # litert int8 activations are symmetric by construction; recorded in the sidecar
+    spec = get_spec(model)
+    litert_torch = tfx._litert_torch()
+    example = spec.example_input(1)
+    quantizer = _quantizer(cfg)
+    t0 = time.perf_counter()
+    qat_info = None
+    try:
+        with tfx._converter_quiet():
+            if cfg.method == "qat":
+                from edgeopt.quantize.qat import finetune, prepare_pt2e_qat
+
+                prepared = prepare_pt2e_qat(model, quantizer, calibration[:2].clone())
+                with torch.no_grad():
+                    for i in range(0, len(calibration), 64):
+                        prepared(calibration[i:i + 64])
+                qat_info = finetune(prepared, cfg, data, out, exported=True)
+                # the converter takes a batch-1 graph: re-export the trained fake-quant model
+                quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            else:
+                graph = torch.export.export(copy.deepcopy(model).eval(), (example,)).module()
+                prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+                with torch.no_grad():
+                    for b in calibration.split(1):  # the captured graph has batch 1
+                        prepared(b)
+                quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
+
+            content = bytes(litert_torch.convert(quantized, (example,),
+                                                 quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer)).model_content())
+    except EdgeoptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a converter failure is one line naming the model
+        msg = " ".join(str(exc).split())[:300]
+        raise UnsupportedModelError(
+            f"litert-torch cannot quantize {type(model).__name__} ({cfg.method}): {type(exc).__name__}: {msg}"
+        ) from None
+    inp, outp = tfx.io_details(content)
+    write_with_atomic(out, lambda p: p.write_bytes(content))
+    meta: dict[str, Any] = {
+        "precision": "int8", "exporter": "litert-torch PT2EQuantizer", "batch_size": 1, "layout": "NCHW",
+        "input": inp, "output": outp, "export_seconds": round(time.perf_counter() - t0, 2),
+        "activations": "int8 symmetric (litert-torch)",
+        "source": {"arch": getattr(model, "edgeopt_arch", None), "class": type(model).__name__},
+        "lineage": list(getattr(model, "edgeopt_lineage", None) or []) + [
+            {"step": "quantize", "method": cfg.method, "backend": "litert"}],
+    }
+    if inp["dtype"] == "int8":
+        meta["input_quantization"] = {"dtype": inp["dtype"], "scale": inp["scale"], "zero_point": inp["zero_point"]}
+        meta["output_quantization"] = {"dtype": outp["dtype"], "scale": outp["scale"], "zero_point": outp["zero_point"]}
+    from edgeopt.quantize.qat import allow_train_eval
+
+    allow_train_eval(quantized)
+    if cfg.method != "qat":  # captured with batch 1 (QAT's graph has a dynamic batch)
+        quantized = _Batch1(quantized)
+    art = Artifact(out, "tflite", spec, "int8", meta)
+    art.save_sidecar()
+    for attr in ("edgeopt_spec", "edgeopt_arch"):
+        if hasattr(model, attr):
+            setattr(quantized, attr, getattr(model, attr))
+    float_layers = [] if cfg.method != "dynamic" else [
+        n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) and n in quantizable_layers(model)]
+    extra = {"qat": {k: v for k, v in qat_info.items()}} if qat_info else {}
+    return Built(art, quantized, float_layers=float_layers, meta={"quantizer": "litert-torch PT2EQuantizer", **extra})
+
+
+class _Batch1(nn.Module):
+    """Runs a graph captured with batch 1 (as the converter wants it) on any batch, one image
+    at a time, so the fake-quant reference takes the batches the agreement check feeds it."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.graph(b) for b in x.split(1)])
+
+
+BACKEND = QuantBackend("litert", ("static", "dynamic", "qat"), ".tflite", build, available)

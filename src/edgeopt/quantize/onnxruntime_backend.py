@@ -1,0 +1,369 @@
+"""ONNX Runtime int8: a QDQ ONNX file from ``onnxruntime.quantization``, run by onnxruntime.
+
+Static (the default): batch norm is folded into the convs in PyTorch, the float model is
+exported to ONNX (initializers keep the PyTorch parameter names, which is how layer names
+map to ONNX nodes), ``quant_pre_process`` runs ONNX Runtime's recommended pre-processing
+(symbolic shape inference, graph clean-up), and ``quantize_static`` inserts
+QuantizeLinear/DequantizeLinear pairs with ranges calibrated on the training images
+(MinMax, Percentile or Entropy: ORT's own calibrators). ONNX Runtime fuses each
+DQ -> Conv -> Q pattern into an int8 kernel at session start; that is where the speed-up
+comes from (``bench/quantization.py``).
+
+Dynamic: ``quantize_dynamic`` stores int8 weights for MatMul/Gemm/LSTM and quantizes their
+inputs per batch at run time (DynamicQuantizeLinear).
+
+QAT: fake-quant fine-tuning of a torchao PT2E graph (``edgeopt.quantize.qat``), converted
+to Q/DQ ops in PyTorch and exported with the dynamo exporter, which writes the same QDQ
+pattern ONNX Runtime runs in int8.
+
+The fake-quant reference of a static or dynamic artifact is a :class:`QuantSim` of the
+folded model whose weights are the file's own int8 weights, dequantized, and whose layer
+inputs are fake-quantized with the file's own scales and zero points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.errors import UnsupportedModelError
+from edgeopt.quantize._base import Built, QuantBackend
+from edgeopt.quantize.config import QuantConfig
+from edgeopt.spec import get_spec
+
+_CALIB = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+#: ops ORT quantizes statically that carry a weight we map back to a PyTorch layer
+_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def available() -> str | None:
+    try:
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as exc:
+        return f"the onnxruntime backend needs onnxruntime: pip install onnxruntime ({exc})"
+    return None
+
+
+def cpu_has_vnni() -> bool:
+    """True when this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # unknown: assume a modern CPU, the user can set reduce_range
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"))
+
+
+def reduce_range_for(cfg: QuantConfig) -> bool:
+    return cfg.reduce_range if cfg.reduce_range is not None else not cpu_has_vnni()
+
+
+def _gemm_to_matmul(proto: Any) -> Any:
+    """Rewrite ``Gemm(x, W, b, transB=1)`` as ``MatMul(x, W^T) + b``, weight renamed nowhere.
+
+    ONNX Runtime's dynamic quantization has an int8 kernel for MatMul (MatMulInteger) but
+    not for Gemm, which is how both torch exporters write ``nn.Linear``.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    new_nodes = []
+    for n in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            new_nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w), n.input[1]))
+        mm_out = n.output[0] + "_matmul" if len(n.input) > 2 else n.output[0]
+        new_nodes.append(helper.make_node("MatMul", [n.input[0], n.input[1]], [mm_out], name=n.name))
+        if len(n.input) > 2:
+            new_nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_bias"))
+    del proto.graph.node[:]
+    proto.graph.node.extend(new_nodes)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _export_float(model: nn.Module, path: Path, samples: torch.Tensor, dynamo: bool = False) -> Path:
+    """Export the folded float model to ONNX, checked against PyTorch on ``samples``."""
+    from edgeopt.export import export_model
+
+    # The legacy (TorchScript) exporter takes ~1 s where dynamo takes ~35 s on MobileNetV2;
+    # the parity check on real images catches anything it gets wrong. Fall back to dynamo.
+    try:
+        return export_model(model, "onnx", path, {"dynamo": dynamo}, samples=samples[:64]).artifact.path
+    except Exception:
+        if dynamo:
+            raise
+        return export_model(model, "onnx", path, {"dynamo": True}, samples=samples[:64]).artifact.path
+
+
+class _Reader:
+    """The CalibrationDataReader ORT pulls batches from."""
+
+    def __init__(self, input_name: str, images: torch.Tensor, batch: int = 32) -> None:
+        self._batches = [{input_name: images[i:i + batch].numpy().astype(np.float32)}
+                         for i in range(0, len(images), batch)]
+        self._it = iter(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def weight_nodes(proto: Any) -> dict[str, str]:
+    """ONNX node name -> PyTorch layer name, for Conv/Gemm/MatMul nodes whose weight
+    initializer is named ``LAYER.weight`` (directly or through a DequantizeLinear)."""
+    inits = {i.name for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    out: dict[str, str] = {}
+    for n in proto.graph.node:
+        if n.op_type not in _WEIGHT_OPS or len(n.input) < 2:
+            continue
+        w = n.input[1]
+        p = producer.get(w)
+        if p is not None and p.op_type == "DequantizeLinear":
+            w = p.input[0]
+        for suffix in ("_quantized", ""):
+            if w.endswith(".weight" + suffix) and (w in inits or p is not None):
+                out[n.name] = w[: -len(".weight" + suffix)]
+                break
+    return out
+
+
+def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The int8 weights and input scales of each quantized layer of a QDQ ONNX file.
+
+    Returns ``{layer: {"weight": {"dequantized": Tensor in PyTorch layout, "scale", ...},
+    "input": {"scale", "zero_point", "dtype"}}}``; a dynamically quantized layer's input
+    entry is ``{"dynamic": True, ...}``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names = weight_nodes(proto)
+    out: dict[str, dict[str, Any]] = {}
+    for n in proto.graph.node:
+        layer = names.get(n.name)
+        if layer is None:
+            continue
+        entry: dict[str, Any] = {}
+        wp = producer.get(n.input[1])
+        if wp is not None and wp.op_type == "DequantizeLinear" and wp.input[0] in inits:
+            q = inits[wp.input[0]].astype(np.float32)
+            scale = inits[wp.input[1]].astype(np.float32)
+            zp = inits[wp.input[2]].astype(np.float32) if len(wp.input) > 2 and wp.input[2] in inits else 0.0
+            axis = next((a.i for a in wp.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                deq = (q - np.reshape(zp, shape)) * np.reshape(scale, shape)
+            else:
+                deq = (q - zp) * scale
+            if n.op_type == "MatMul" or n.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in n.attribute):  # ONNX MatMul weight is [in, out]; nn.Linear's is [out, in]
+                deq = deq.T
+            entry["weight"] = {"dequantized": torch.from_numpy(np.ascontiguousarray(deq)),
+                               "scale": torch.from_numpy(np.atleast_1d(scale)), "zero_point": 0,
+                               "dtype": "int8", "axis": 0 if scale.ndim == 1 else None}
+        ip = producer.get(n.input[0])
+        if ip is not None and ip.op_type == "DequantizeLinear" and ip.input[1] in inits:
+            zp_arr = inits[ip.input[2]] if len(ip.input) > 2 and ip.input[2] in inits else np.array(0, np.uint8)
+            entry["input"] = {"scale": float(inits[ip.input[1]]), "zero_point": int(zp_arr),
+                              "dtype": "uint8" if zp_arr.dtype == np.uint8 else "int8"}
+        elif n.op_type in ("MatMulInteger", "ConvInteger") or "weight" in entry and ip is None:
+            entry["input"] = {"dynamic": True}
+        if entry:
+            out[layer] = entry
+    # dynamic quantization: MatMulInteger / ConvInteger nodes carry the int8 weight directly
+    for n in proto.graph.node:
+        if n.op_type not in ("MatMulInteger", "ConvInteger") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = n.input[1]
+        layer = w[: -len(".weight_quantized")] if w.endswith(".weight_quantized") else None
+        if layer is None:
+            continue
+        q = inits[w].astype(np.float32)
+        scale_name = w[: -len("_quantized")] + "_scale"
+        zp_name = w[: -len("_quantized")] + "_zero_point"
+        scale = inits.get(scale_name, np.float32(1.0)).astype(np.float32)
+        zp = inits.get(zp_name, np.float32(0.0)).astype(np.float32)
+        if n.op_type == "MatMulInteger":
+            deq = ((q - zp) * scale).T if scale.ndim == 0 or scale.shape[0] != q.shape[0] else (q - zp.reshape(-1, 1)) * scale.reshape(-1, 1)
+            if scale.ndim == 1 and scale.shape[0] == q.shape[1]:
+                deq = ((q - zp) * scale).T
+        else:
+            shape = [-1] + [1] * (q.ndim - 1)
+            deq = (q - np.reshape(zp, shape if zp.ndim else ())) * np.reshape(scale, shape if scale.ndim else ())
+        out[layer] = {"weight": {"dequantized": torch.from_numpy(np.ascontiguousarray(deq)),
+                                 "scale": torch.from_numpy(np.atleast_1d(scale)), "zero_point": 0,
+                                 "dtype": "int8", "axis": 0 if scale.ndim == 1 and scale.size > 1 else None},
+                      "input": {"dynamic": True}}
+    return out
+
+
+def _float_weight_nodes(path: Path, layers: dict[str, str]) -> list[str]:
+    """PyTorch layers whose ONNX node kept a float weight (not quantized by ORT)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names = weight_nodes(proto)
+    quantized = {names[n.name] for n in proto.graph.node if n.name in names
+                 and (producer.get(n.input[1]) is not None and producer[n.input[1]].op_type == "DequantizeLinear")}
+    quantized |= {n.input[1][: -len(".weight_quantized")] for n in proto.graph.node
+                  if n.op_type in ("MatMulInteger", "ConvInteger") and n.input[1].endswith(".weight_quantized")}
+    return [layer for layer in layers.values() if layer not in quantized]
+
+
+def _layer_nodes(proto: Any, layers: list[str]) -> dict[str, list[str]]:
+    """layer -> names of the ONNX nodes computing it: the nodes in the layer's export scope
+    (``/up/ConvTranspose``) or reading one of its initializers (``up.weight``)."""
+    inits = {i.name for i in proto.graph.initializer}
+    out: dict[str, list[str]] = {}
+    for layer in layers:
+        scope = "/" + layer.replace(".", "/") + "/"
+        out[layer] = [n.name for n in proto.graph.node if n.name and (
+            n.name.startswith(scope) or any(i in inits and i.startswith(layer + ".") for i in n.input))]
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    import logging
+    import os
+
+    log = logging.getLogger()
+    old = log.level
+    log.setLevel(logging.ERROR)  # ORT's quantizer logs every skipped node at INFO/WARNING
+    try:
+        # ORT's calibrators print() their progress on stdout ("Collecting tensor data ...")
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        log.setLevel(old)
+
+
+def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Path,
+          keep_float: list[str], data: Any) -> Built:
+    from edgeopt._io import atomic_path
+    from edgeopt.artifact import Artifact
+    from edgeopt.quantize.layers import float_only_layers, fold_batchnorm, quantizable_layers
+    from edgeopt.quantize.simulate import QuantSim
+
+    spec = get_spec(model)
+    if cfg.method == "qat":
+        from edgeopt.quantize.qat import qat_onnx
+
+        return qat_onnx(model, cfg, calibration, out, keep_float, data)
+
+    folded = fold_batchnorm(model)
+    # LSTM, ConvTranspose, ...: the fake-quant reference computes them in float, so the
+    # artifact must too (ORT would otherwise write int8 ConvTranspose weights the reference
+    # never sees); dynamic quantization does cover LSTM (DynamicQuantizeLSTM).
+    mods = dict(folded.named_modules())
+    float_only = [n for n in float_only_layers(folded)
+                  if not (cfg.method == "dynamic" and isinstance(mods[n], nn.LSTM))]
+    warnings_: list[str] = [f"layer {n} ({type(mods[n]).__name__}) has no {cfg.method} int8 kernel here and stays float"
+                            for n in float_only]
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgeopt-ortq-") as tmp:
+        fp32 = _export_float(folded, Path(tmp) / "float.onnx", calibration)
+        proto = onnx.load(str(fp32))
+        nodes = weight_nodes(proto)  # onnx node -> layer
+        layer_to_node = {v: k for k, v in nodes.items()}
+        missing = [n for n in quantizable_layers(folded) if n not in layer_to_node]
+        if cfg.method == "dynamic":
+            exclude = [layer_to_node[n] for n in keep_float if n in layer_to_node]
+            mm = Path(tmp) / "matmul.onnx"
+            onnx.save(_gemm_to_matmul(proto), str(mm))
+            with _quiet_ort(), atomic_path(out) as tmp_out:
+                quantize_dynamic(str(mm), str(tmp_out), per_channel=cfg.per_channel,
+                                 weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
+                                 nodes_to_exclude=exclude)
+        else:
+            pre = Path(tmp) / "pre.onnx"
+            with _quiet_ort():
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+            # pre-processing keeps node and initializer names; re-map in case it did not
+            nodes = weight_nodes(onnx.load(str(pre))) or nodes
+            layer_to_node = {v: k for k, v in nodes.items()}
+            exclude = [layer_to_node[n] for n in keep_float if n in layer_to_node]
+            exclude += [x for xs in _layer_nodes(onnx.load(str(pre)), float_only).values() for x in xs]
+            input_name = proto.graph.input[0].name
+            reduce_range = reduce_range_for(cfg)
+            extra = {"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
+                     "CalibPercentile": cfg.percentile, "CalibMovingAverage": False}
+            with _quiet_ort(), atomic_path(out) as tmp_out:
+                quantize_static(
+                    str(pre), str(tmp_out), _Reader(input_name, calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, _CALIB[cfg.calibration]),
+                    nodes_to_exclude=exclude, extra_options=extra, reduce_range=reduce_range,
+                )
+    float_layers = _float_weight_nodes(out, {k: v for k, v in nodes.items()})
+    unexpected = [n for n in float_layers if n not in keep_float]
+    float_layers = [n for n in mods if n in set(float_layers) | set(float_only)]  # model order
+    if cfg.method == "static":
+        for n in unexpected:
+            warnings_.append(f"ONNX Runtime left layer {n} in float (no int8 kernel for its node "
+                             f"{layer_to_node.get(n, '?')})")
+        for n in missing:
+            warnings_.append(f"layer {n} has no matching ONNX node and was not checked")
+    qdq = read_qdq_qparams(out)
+    if cfg.method == "static" and reduce_range_for(cfg):
+        for entry in qdq.values():  # 7-bit symmetric weights: ORT stores them in [-64, 64]
+            if "weight" in entry:
+                entry["weight"].update(qmin=-64, qmax=64)
+    if not qdq:
+        out.unlink(missing_ok=True)
+        what = "Linear/LSTM" if cfg.method == "dynamic" else "Conv/Linear"
+        raise UnsupportedModelError(
+            f"ONNX Runtime quantized no {what} layer of this model ({cfg.method}); nothing would be int8"
+        )
+    reference = QuantSim(folded, {k: v for k, v in qdq.items() if k in dict(folded.named_modules())})
+    precision = "int8" if not float_layers else "mixed"
+    meta = {"exporter": "onnxruntime.quantization", "quant_format": "QDQ" if cfg.method != "dynamic" else "dynamic",
+            "onnxruntime_version": _ort_version(), "quantized_layers": len(qdq),
+            "reduce_range": reduce_range_for(cfg) if cfg.method == "static" else None,
+            "source": {"arch": getattr(model, "edgeopt_arch", None), "class": type(model).__name__},
+            "lineage": list(getattr(model, "edgeopt_lineage", None) or []) + [
+                {"step": "quantize", "method": cfg.method, "backend": "onnxruntime"}]}
+    artifact = Artifact(out, "onnx", spec, precision, meta)
+    artifact.save_sidecar()
+    return Built(artifact, reference, float_layers=float_layers, warnings=warnings_, qparams=qdq,
+                 meta={"quantized_layers": len(qdq),
+                       "reduce_range": reduce_range_for(cfg) if cfg.method == "static" else None})
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+BACKEND = QuantBackend("onnxruntime", ("static", "dynamic", "qat"), ".onnx", build, available)
