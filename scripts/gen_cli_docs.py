@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["demo", "train", "eval", "bench", "export", "models", "datasets", "runtimes", "formats"]
+COMMANDS = ["demo", "train", "eval", "bench", "export", "quantize", "scan", "models", "datasets", "runtimes", "formats"]
 
 
 def help_text(*args: str) -> str:

@@ -77,7 +77,7 @@ def list_backends() -> list[str]:
 
     Example:
         >>> list_backends()
-        ['onnxruntime', 'torch', 'litert']
+        ['litert', 'onnxruntime', 'torch']
     """
     return QUANT_BACKENDS.names()
 

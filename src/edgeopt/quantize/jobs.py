@@ -92,7 +92,7 @@ def quantize_checkpoint(
     if evaluate:
         from edgeopt.evaluate import evaluate_variant
 
-        common = dict(threads=threads, latency_runs=latency_runs, memory=False, progress=progress)
+        common = {"threads": threads, "latency_runs": latency_runs, "memory": False, "progress": progress}
         fp32 = evaluate_variant("fp32 torch", model, dm, model=model, **common)
         q = evaluate_variant(f"int8 {config.method} {config.backend}", result.artifact, dm, model=model, **common)
         summary["variants"] = [fp32, q]

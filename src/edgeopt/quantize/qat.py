@@ -14,7 +14,9 @@ freezes two things so the last steps train exactly what gets converted:
 This is the recipe of the PyTorch QAT tutorials and of Krishnamoorthi (2018), "Quantizing
 deep convolutional networks for efficient inference", section 3.2.
 
-The Trainer checkpoints into ``<artifact>.qat/`` and resumes an interrupted QAT run there.
+Limitation: QAT fine-tunes are short (a fraction of an epoch to a few epochs) and are not
+checkpointed: an interrupted QAT run starts again from the float model (the float
+checkpoint itself is never touched).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import torch
 from torch import nn
 
 from edgeopt.quantize.config import QuantConfig
-
 
 #: the ``progress`` of the running :func:`~edgeopt.quantize.quantize` call (backends'
 #: ``build`` takes no progress argument; :func:`finetune` reads it from here)
@@ -94,7 +95,7 @@ def finetune(prepared: nn.Module, cfg: QuantConfig, data: Any, out: Path, *, exp
         cfg: ``qat_epochs``, ``qat_lr``, ``qat_freeze_epoch``, ``qat_batch_size``,
             ``qat_max_steps_per_epoch``, ``seed``.
         data: the DataModule (its train split).
-        out: the artifact path; checkpoints go to ``<out>.qat/``.
+        out: the artifact path (kept for a future resumable QAT; nothing is written there).
         exported: the model is a torch.export graph (PT2E) rather than an FX module.
         progress: the Trainer's progress output; None: that of the running ``quantize``.
 
