@@ -19,7 +19,7 @@ def demo_run(tmp_path_factory):
 
 def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
     out, _, results = demo_run
-    by_runtime = {v["runtime"]: v for v in results["variants"]}
+    by_runtime = {v["runtime"]: v for v in results["variants"] if v["precision"] == "fp32"}
     assert set(by_runtime) == {"torch", "onnxruntime"}
     for v in by_runtime.values():
         assert v["accuracy"]["top1"] >= 0.95, v["accuracy"]
@@ -34,13 +34,29 @@ def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
     assert onnx["accuracy"]["top1"] == by_runtime["torch"]["accuracy"]["top1"]
 
 
+def test_demo_int8_variants_lose_at_most_1_point_and_agree_with_their_reference(demo_run):
+    out, _, results = demo_run
+    fp32 = next(v for v in results["variants"] if v["name"] == "fp32 torch")
+    int8 = {v["name"]: v for v in results["variants"] if v["precision"] == "int8"}
+    assert set(int8) == {"int8 onnxruntime", "int8 torch-x86"}
+    for v in int8.values():
+        assert v["accuracy"]["top1"] >= fp32["accuracy"]["top1"] - 0.01, (v["name"], v["accuracy"])
+        assert v["quantization"]["agreement"]["top1_agreement"] >= 0.99
+        assert v["quantization"]["float_layers"] == []
+        assert v["size"]["bytes"] <= 0.35 * fp32["size"]["bytes"]
+
+
 def test_demo_writes_results_and_report(demo_run):
     out, _, results = demo_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema_version"] == results["schema_version"]
-    assert len(on_disk["variants"]) == 2 and on_disk["machine"]
+    assert len(on_disk["variants"]) == 4 and on_disk["machine"]
     report = (out / "report.md").read_text()
-    assert "| fp32 torch |" in report and "| fp32 onnx |" in report
+    assert "| fp32 torch |" in report and "| fp32 onnx |" in report and "| int8 onnxruntime |" in report
+    # the int8 weight/activation histograms are embedded in the report
+    assert "## Figures" in report and len(on_disk["figures"]) == 2
+    assert all((out / f["path"]).is_file() for f in on_disk["figures"])
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 2 + len(on_disk["figures"])
     assert (out / "report.html").stat().st_size > 1000
     assert (out / "pareto_latency.png").is_file()
     assert not list(out.rglob("*.tmp")), "no half-written files are left behind"
