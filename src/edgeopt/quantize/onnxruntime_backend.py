@@ -123,6 +123,10 @@ class _Reader:
         self._it = iter(self._batches)
 
 
+#: key of :func:`read_qdq_qparams`'s entry for the quantized graph output (the logits)
+OUTPUT_KEY = "<output>"
+
+
 def weight_nodes(proto: Any) -> dict[str, str]:
     """ONNX node name -> PyTorch layer name, for Conv/Gemm/MatMul nodes whose weight
     initializer is named ``LAYER.weight`` (directly or through a DequantizeLinear)."""
@@ -189,6 +193,13 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
             entry["input"] = {"dynamic": True}
         if entry:
             out[layer] = entry
+    # the logits themselves are requantized when the graph ends in Q -> DQ
+    for o in proto.graph.output:
+        dq = producer.get(o.name)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in inits:
+            zp_arr = inits[dq.input[2]] if len(dq.input) > 2 and dq.input[2] in inits else np.array(0, np.uint8)
+            out[OUTPUT_KEY] = {"scale": float(inits[dq.input[1]]), "zero_point": int(zp_arr),
+                               "dtype": "uint8" if zp_arr.dtype == np.uint8 else "int8"}
     # dynamic quantization: MatMulInteger / ConvInteger nodes carry the int8 weight directly
     for n in proto.graph.node:
         if n.op_type not in ("MatMulInteger", "ConvInteger") or len(n.input) < 2 or n.input[1] not in inits:
@@ -384,7 +395,9 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         raise UnsupportedModelError(
             f"ONNX Runtime quantized no {what} layer of this model ({cfg.method}); nothing would be int8"
         )
-    reference = QuantSim(folded, {k: v for k, v in qdq.items() if k in dict(folded.named_modules())})
+    output_q = qdq.pop(OUTPUT_KEY, None)
+    reference = QuantSim(folded, {k: v for k, v in qdq.items() if k in dict(folded.named_modules())},
+                         output=output_q)
     precision = "int8" if not float_layers else "mixed"
     meta = {"exporter": "onnxruntime.quantization", "quant_format": "QDQ" if cfg.method != "dynamic" else "dynamic",
             "onnxruntime_version": _ort_version(), "quantized_layers": len(qdq),

@@ -175,6 +175,8 @@ class QuantSim(nn.Module):
         qparams: ``{layer: {"weight": ..., "input": ...}}`` from :func:`calibrate` or read
             from an artifact.
         enabled: layers simulated in int8; None: every layer in ``qparams``.
+        output: the quantization of the model's output (logits), when the artifact
+            requantizes it (a QDQ graph that ends in Q -> DQ).
 
     Example:
         >>> m = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
@@ -185,8 +187,9 @@ class QuantSim(nn.Module):
     """
 
     def __init__(self, model: nn.Module, qparams: dict[str, dict[str, Any]],
-                 enabled: Iterable[str] | None = None) -> None:
+                 enabled: Iterable[str] | None = None, output: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.output = output  # {"scale", "zero_point", "dtype"}: the artifact requantizes its logits
         self.model = copy.deepcopy(model).eval()
         self.qparams = qparams
         mods = dict(self.model.named_modules())
@@ -241,4 +244,7 @@ class QuantSim(nn.Module):
         self.enabled = layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        y = self.model(x)
+        if self.output is not None and self.enabled:
+            y = qm.fake_quantize(y, self.output["scale"], self.output["zero_point"], dtype=self.output["dtype"])
+        return y

@@ -56,6 +56,23 @@ def bind_target(runner: Any, artifact: Any, spec: Any, threads: Any) -> None:
     runner.output_shape = (spec.num_classes,)
 
 
+class TorchVersionMixin:
+    """``version()`` and ``set_threads()`` of the runners that run inside PyTorch
+    (torch, torchscript, torch_export): one torch, one intra-op thread setting."""
+
+    threads: int
+
+    @staticmethod
+    def version() -> str | None:
+        import torch
+
+        return str(torch.__version__)
+
+    def set_threads(self, threads: int) -> None:
+        """Change the intra-op thread count used by later ``predict`` calls."""
+        self.threads = check_threads(threads)
+
+
 def check_threads(threads: Any) -> int:
     """``threads`` as a positive int (None -> :data:`DEFAULT_THREADS`); else ConfigError."""
     if threads is None:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, MissingDependencyError
-from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, TorchVersionMixin, bind_target, check_batch
 
 _SPEC_EXTRA_FILE = "edgeopt_spec.json"
 #: sympy names torch.export writes into symbolic shape expressions
@@ -178,7 +178,7 @@ def _register_ops() -> None:
 
 @RUNNERS.register("torch_export", help="torch.export .pt2 program, compiled with inductor on first predict "
                                        "(PT2E int8 from the torch backend, engine pt2e-x86)")
-class TorchExportRunner:
+class TorchExportRunner(TorchVersionMixin):
     """Run a ``.pt2`` torch.export artifact: checked, loaded, compiled on first ``predict``.
 
     Args:
@@ -251,16 +251,6 @@ class TorchExportRunner:
                     f"the torch_export runner lowers PT2E int8 graphs with torchao's inductor passes: "
                     f"pip install torchao, or run it with compile=False ({exc})"
                 ) from None
-
-    @staticmethod
-    def version() -> str | None:
-        import torch
-
-        return str(torch.__version__)
-
-    def set_threads(self, threads: int) -> None:
-        """Change the intra-op thread count used by later ``predict`` calls."""
-        self.threads = check_threads(threads)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 NCHW ``[N, C, H, W]`` -> float32 logits ``[N, classes]``.

@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError, ModelLoadError
-from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, TorchVersionMixin, bind_target, check_batch
 from edgeopt.spec import get_spec
 
 
 @RUNNERS.register("torch", help="PyTorch eager (nn.Module or edgeopt checkpoint)")
-class TorchRunner:
+class TorchRunner(TorchVersionMixin):
     """Run an ``nn.Module`` eagerly: eval mode, ``torch.inference_mode``, fixed threads.
 
     The model's train/eval flag is restored after each call, so wrapping a model that is
@@ -52,16 +52,6 @@ class TorchRunner:
             self.artifact = target
         spec = get_spec(self.model) if self.artifact is None else self.artifact.spec
         bind_target(self, self.artifact, spec, threads)
-
-    @staticmethod
-    def version() -> str | None:
-        import torch
-
-        return str(torch.__version__)
-
-    def set_threads(self, threads: int) -> None:
-        """Change the intra-op thread count used by later ``predict`` calls."""
-        self.threads = check_threads(threads)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 NCHW ``[N, C, H, W]`` -> float32 logits ``[N, classes]``.

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import ArtifactError
-from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
+from edgeopt.runtime._base import RUNNERS, TorchVersionMixin, bind_target, check_batch
 
 
 @contextlib.contextmanager
@@ -39,7 +39,7 @@ def _engine(engine: str | None) -> Iterator[None]:
 
 
 @RUNNERS.register("torchscript", help="TorchScript (torch.jit.load; the LibTorch C++ runtime runs the same file)")
-class TorchScriptRunner:
+class TorchScriptRunner(TorchVersionMixin):
     """Run a TorchScript artifact: ``torch.jit.load(map_location="cpu")``, fixed threads.
 
     The thread count is set with ``torch.set_num_threads`` around each ``predict`` and
@@ -107,16 +107,6 @@ class TorchScriptRunner:
                     f"{path} was exported for input {list(embedded)} but its sidecar says (C, H, W) = "
                     f"{self.input_shape}; the sidecar belongs to another file: re-export the artifact"
                 )
-
-    @staticmethod
-    def version() -> str | None:
-        import torch
-
-        return str(torch.__version__)
-
-    def set_threads(self, threads: int) -> None:
-        """Change the intra-op thread count used by later ``predict`` calls."""
-        self.threads = check_threads(threads)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 NCHW ``[N, C, H, W]`` -> float32 logits ``[N, classes]``.
