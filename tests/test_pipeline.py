@@ -18,7 +18,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
-    out, _, results = demo_run
+    _, _, results = demo_run
     by_runtime = {v["runtime"]: v for v in results["variants"] if v["precision"] == "fp32"}
     assert set(by_runtime) == {"torch", "onnxruntime"}
     for v in by_runtime.values():
@@ -35,7 +35,7 @@ def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
 
 
 def test_demo_int8_variants_lose_at_most_1_point_and_agree_with_their_reference(demo_run):
-    out, _, results = demo_run
+    _, _, results = demo_run
     fp32 = next(v for v in results["variants"] if v["name"] == "fp32 torch")
     int8 = {v["name"]: v for v in results["variants"] if v["precision"] == "int8"}
     assert set(int8) == {"int8 onnxruntime", "int8 torch-x86"}
@@ -63,7 +63,7 @@ def test_demo_writes_results_and_report(demo_run):
 
 
 def test_rerun_reuses_the_finished_training_step(demo_run, capsys):
-    out, cfg, results = demo_run
+    _, cfg, results = demo_run
     again = run(cfg.replace(progress=True, eval=EvalConfig(latency_runs=5, memory=False)))
     assert "reusing finished training" in capsys.readouterr().err
     first = {v["runtime"]: v["accuracy"]["top1"] for v in results["variants"]}
