@@ -13,8 +13,6 @@ from typing import Any
 
 from edgeopt.quantize.config import QuantConfig
 
-_SUFFIX = {"onnxruntime": ".onnx", "torch": ".torchscript", "litert": ".tflite"}
-
 
 def default_out(checkpoint: str | Path, cfg: QuantConfig) -> Path:
     """``NAME_int8_<method>_<backend>`` beside the checkpoint (the suffix comes from the backend)."""

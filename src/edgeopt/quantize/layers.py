@@ -107,10 +107,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded.eval()
 
 
-def module_index(model: nn.Module) -> dict[str, nn.Module]:
-    return dict(model.named_modules())
-
-
 def check_finite(model: nn.Module, x: torch.Tensor, what: str = "calibration images") -> None:
     """Raise a one-line DataError when ``x`` or the model's outputs on it hold NaN or inf."""
     from edgeopt.errors import DataError

@@ -59,8 +59,6 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
     if cfg.calibration != "minmax":
         raise ConfigError(f"the litert backend calibrates with litert-torch's histogram observer; "
                           f"calibration='{cfg.calibration}' is an onnxruntime-backend option")
-    if cfg.symmetric_activations is False and cfg.method != "dynamic":
-        pass  # litert int8 activations are symmetric by construction; recorded in the sidecar
     spec = get_spec(model)
     litert_torch = tfx._litert_torch()
     example = spec.example_input(1)
