@@ -46,9 +46,7 @@ def fashion():
     {"backend": "onnxruntime"},
     {"backend": "torch", "engine": "x86"},
     {"backend": "torch", "engine": "pt2e-x86"},
-    pytest.param({"backend": "litert"}, marks=pytest.mark.xfail(
-        strict=True, reason="known gap: the LiteRT int8 file agrees with its PT2E Q/DQ reference on "
-                            "95.1 % of these 512 images (max logit diff 0.50; 100 % on digits); being investigated")),
+    {"backend": "litert"},
 ], ids=["onnxruntime", "torch-x86", "torch-pt2e-x86", "litert"])
 def test_int8_artifact_agrees_with_its_reference_on_512_images(fashion, tmp_path, backend):
     if backend["backend"] == "litert":

@@ -48,9 +48,13 @@ class QuantBackend:
 
     name: str
     methods: tuple[str, ...]
-    suffix: str
+    suffix: str | Callable[[QuantConfig], str]  # the file suffix, or a function of the config
     build: Callable[..., Built]
     available: Callable[[], str | None]
+
+    def suffix_for(self, cfg: QuantConfig) -> str:
+        """The artifact's file suffix under ``cfg`` (e.g. torch: ``.torchscript`` or ``.pt2``)."""
+        return self.suffix(cfg) if callable(self.suffix) else self.suffix
 
 
 #: backend name -> module holding its ``BACKEND`` (imported on first use: each backend's
@@ -194,8 +198,9 @@ def quantize(
         raise MissingDependencyError(reason)
     get_spec(model)  # a model without spec fails here, before any work
     out = Path(out_path)
-    if out.suffix != backend.suffix:
-        out = out.with_name(out.name + backend.suffix)
+    suffix = backend.suffix_for(cfg)
+    if out.suffix != suffix:
+        out = out.with_name(out.name + suffix)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     if cfg.max_drop is not None:

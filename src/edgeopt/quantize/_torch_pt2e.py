@@ -38,7 +38,6 @@ from edgeopt.quantize._base import Built
 from edgeopt.quantize.config import QuantConfig
 from edgeopt.spec import get_spec
 
-SUFFIX = ".pt2"
 #: extra file of the .pt2 archive holding the ModelSpec JSON
 SPEC_EXTRA_FILE = "edgeopt_spec.json"
 _MAX_BATCH = 1 << 16
@@ -50,17 +49,6 @@ def _require() -> None:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError(f"engine 'pt2e-x86' needs torchao: pip install torchao ({exc})") from None
-
-
-def pt2_path(out: Path) -> Path:
-    """``out`` with the ``.pt2`` suffix (quantize() appends the backend's ``.torchscript``).
-
-    Example:
-        >>> pt2_path(Path("out/m.torchscript")).name, pt2_path(Path("out/m.pt2.torchscript")).name
-        ('m.pt2', 'm.pt2')
-    """
-    name = out.name.removesuffix(".torchscript")
-    return out.with_name(name if name.endswith(SUFFIX) else name + SUFFIX)
 
 
 def quantization_config(cfg: QuantConfig) -> Any:
@@ -209,7 +197,6 @@ def build_pt2e(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, ou
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     spec = get_spec(model)
-    out = pt2_path(out)
     qat = cfg.method == "qat"
     quantizer = X86InductorQuantizer().set_global(quantization_config(cfg))
     for name in keep_float:

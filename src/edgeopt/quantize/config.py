@@ -51,11 +51,12 @@ class QuantConfig(Config):
         qat_batch_size: images per QAT step.
         qat_max_steps_per_epoch: cap on QAT steps per epoch (smoke tests), None: all.
         qat_augment: use the dataset's train-time augmentation during QAT.
-        reduce_range: 7-bit weights (onnxruntime backend). x86 CPUs without VNNI
-            multiply uint8 x int8 with 16-bit saturating instructions, so full-range int8
-            weights can overflow and the int8 kernels then compute something else than
-            the QDQ graph (measured here: logits off by 2.5, 0.7 % of top-1 flipped on
-            digits). None (default): on when this CPU lacks VNNI, recorded in the sidecar.
+        reduce_range: 7-bit weights (onnxruntime backend, static and dynamic). x86 CPUs
+            without VNNI multiply uint8 x int8 with 16-bit saturating instructions, so
+            full-range int8 weights can overflow and the int8 kernels then compute
+            something else than the QDQ graph (measured here: static, logits off by 2.5 and
+            0.7 % of top-1 flipped on digits; dynamic, 19.6 % flipped on a Linear fed raw
+            pixels). None (default): on when this CPU lacks VNNI, recorded in the sidecar.
         seed: seed of the calibration draw and of QAT.
 
     Example:

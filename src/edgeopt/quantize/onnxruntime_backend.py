@@ -214,9 +214,9 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
         scale = inits.get(scale_name, np.float32(1.0)).astype(np.float32)
         zp = inits.get(zp_name, np.float32(0.0)).astype(np.float32)
         if n.op_type == "MatMulInteger":
-            deq = ((q - zp) * scale).T if scale.ndim == 0 or scale.shape[0] != q.shape[0] else (q - zp.reshape(-1, 1)) * scale.reshape(-1, 1)
-            if scale.ndim == 1 and scale.shape[0] == q.shape[1]:
-                deq = ((q - zp) * scale).T
+            # the weight is [in, out] and per-channel scales run along out (the last axis):
+            # dequantize by broadcasting, then transpose to nn.Linear's [out, in]
+            deq = ((q - zp) * scale).T
         else:
             shape = [-1] + [1] * (q.ndim - 1)
             deq = (q - np.reshape(zp, shape if zp.ndim else ())) * np.reshape(scale, shape if scale.ndim else ())
@@ -352,7 +352,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
             with _quiet_ort(), atomic_path(out) as tmp_out:
                 quantize_dynamic(str(mm), str(tmp_out), per_channel=cfg.per_channel,
                                  weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
-                                 nodes_to_exclude=exclude)
+                                 nodes_to_exclude=exclude, reduce_range=reduce_range_for(cfg))
         else:
             pre = Path(tmp) / "pre.onnx"
             with _quiet_ort():
@@ -385,7 +385,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         for n in missing:
             warnings_.append(f"layer {n} has no matching ONNX node and was not checked")
     qdq = read_qdq_qparams(out)
-    if cfg.method == "static" and reduce_range_for(cfg):
+    if reduce_range_for(cfg):
         for entry in qdq.values():  # 7-bit symmetric weights: ORT stores them in [-64, 64]
             if "weight" in entry:
                 entry["weight"].update(qmin=-64, qmax=64)
@@ -401,7 +401,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
     precision = "int8" if not float_layers else "mixed"
     meta = {"exporter": "onnxruntime.quantization", "quant_format": "QDQ" if cfg.method != "dynamic" else "dynamic",
             "onnxruntime_version": _ort_version(), "quantized_layers": len(qdq),
-            "reduce_range": reduce_range_for(cfg) if cfg.method == "static" else None,
+            "reduce_range": reduce_range_for(cfg),
             "source": {"arch": getattr(model, "edgeopt_arch", None), "class": type(model).__name__},
             "lineage": list(getattr(model, "edgeopt_lineage", None) or []) + [
                 {"step": "quantize", "method": cfg.method, "backend": "onnxruntime"}]}
@@ -409,7 +409,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
     artifact.save_sidecar()
     return Built(artifact, reference, float_layers=float_layers, warnings=warnings_, qparams=qdq,
                  meta={"quantized_layers": len(qdq),
-                       "reduce_range": reduce_range_for(cfg) if cfg.method == "static" else None})
+                       "reduce_range": reduce_range_for(cfg)})
 
 
 def _ort_version() -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import math
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,13 @@ def allow_train_eval(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepare_pt2e_qat(model: nn.Module, quantizer: Any, example: torch.Tensor) -> nn.Module:
-    """``torch.export`` the model in train mode and insert fake-quant with ``quantizer``."""
+def prepare_pt2e_qat(model: nn.Module, quantizer: Any, example: torch.Tensor,
+                     graph_pass: Callable[[Any], Any] | None = None) -> nn.Module:
+    """``torch.export`` the model in train mode and insert fake-quant with ``quantizer``.
+
+    ``graph_pass`` rewrites the exported graph before the quantizer sees it (the litert
+    backend removes dropout with it).
+    """
     import copy
 
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
@@ -176,6 +182,8 @@ def prepare_pt2e_qat(model: nn.Module, quantizer: Any, example: torch.Tensor) ->
     m = copy.deepcopy(model).train()
     batch = torch.export.Dim("batch", min=1, max=4096)
     graph = torch.export.export(m, (example,), dynamic_shapes=({0: batch},), strict=False).module()
+    if graph_pass is not None:
+        graph = graph_pass(graph)
     prepared = prepare_qat_pt2e(graph, quantizer)
     for attr in ("edgeopt_spec", "edgeopt_arch", "edgeopt_lineage"):
         if hasattr(model, attr):

@@ -64,7 +64,12 @@ from edgeopt.quantize._torch_common import (
 from edgeopt.quantize.config import QuantConfig
 from edgeopt.spec import get_spec
 
-SUFFIX = ".torchscript"  # engine pt2e-x86 writes ".pt2" instead (see _torch_pt2e)
+
+def _suffix(cfg: QuantConfig) -> str:
+    """FX engines write TorchScript; pt2e-x86 a torch.export archive (see _torch_pt2e)."""
+    return ".pt2" if cfg.engine == "pt2e-x86" else ".torchscript"
+
+
 FX_ENGINES = ("x86", "fbgemm", "qnnpack")
 #: module types dynamic quantization converts
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
@@ -412,4 +417,4 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
                        **({"qat": qat_info} if qat_info else {})})
 
 
-BACKEND = QuantBackend("torch", ("static", "dynamic", "qat"), SUFFIX, build, available)
+BACKEND = QuantBackend("torch", ("static", "dynamic", "qat"), _suffix, build, available)
