@@ -8,6 +8,7 @@ same objects a user could write in YAML; ``--dump-config`` prints them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -36,6 +37,14 @@ class Config:
     """
 
     def __post_init__(self) -> None:
+        # the same type check as from_dict, so Config(per_channel="no") is refused too
+        # instead of reaching the code as a truthy string
+        hints = _field_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            checked = _coerce(type(self).__name__, f.name, value, hints[f.name])
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
         self.validate()
 
     def validate(self) -> None:
@@ -76,7 +85,7 @@ class Config:
     def from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
         """Build from a dict; an unknown key or a wrong type is a ConfigError."""
         data = dict(data or {})
-        hints = typing.get_type_hints(cls)
+        hints = _field_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -95,6 +104,11 @@ class Config:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:

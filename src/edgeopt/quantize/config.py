@@ -101,7 +101,5 @@ class QuantConfig(Config):
         self._check_range("qat_freeze_epoch", 0.0, None)
         self._check_range("qat_batch_size", 1, None)
         self._check_range("qat_max_steps_per_epoch", 1, None)
-        if isinstance(self.keep_float, str):
-            raise ConfigError("QuantConfig.keep_float is a list of layer names or patterns, not one string")
         if self.max_drop is not None and self.method == "dynamic":
             raise ConfigError("QuantConfig.max_drop (automatic mixed precision) needs method static or qat")
