@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt._io import write_json_atomic
-from edgeopt.errors import ArtifactError, ConfigError
+from edgeopt.errors import ArtifactError, ConfigError, brief
 from edgeopt.spec import ModelSpec
 
 SIDECAR_SUFFIX = ".edgeopt.json"
@@ -256,7 +256,7 @@ class Artifact:
         try:
             data = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            msg = " ".join(str(exc).split())
+            msg = brief(exc, None)
             raise ArtifactError(f"cannot read sidecar {side}: {msg}; re-export the artifact") from None
         if not isinstance(data, dict) or data.get("kind") != SIDECAR_KIND:
             raise ArtifactError(
@@ -291,7 +291,7 @@ class Artifact:
             # file must not make a shape lookup fail.
             proto = onnx.load(str(p), load_external_data=False)
         except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
-            msg = " ".join(str(exc).split())[:200]
+            msg = brief(exc, 200)
             raise ArtifactError(f"{p} is not a readable ONNX file ({type(exc).__name__}: {msg}); re-export it") from None
         meta_props = {m.key: m.value for m in proto.metadata_props}
         if ONNX_SPEC_KEY in meta_props:

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, brief
 
 C = TypeVar("C", bound="Config")
 
@@ -177,7 +177,7 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = " ".join(str(exc).split())
+        msg = brief(exc, None)
         raise ConfigError(f"cannot parse {p}: {msg}") from None
     if data is None:
         return {}

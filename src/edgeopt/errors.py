@@ -8,6 +8,20 @@ and exits with status 2, never a stack trace.
 from __future__ import annotations
 
 
+def brief(exc: BaseException, limit: int | None = 300) -> str:
+    r"""A library exception's message on one line, cut to ``limit`` characters, for
+    embedding in an edgeopt error.
+
+    Example:
+        >>> brief(ValueError("bad\n   shape  (1, 2)"))
+        'bad shape (1, 2)'
+        >>> brief(ValueError("x" * 500), 10)
+        'xxxxxxxxxx'
+    """
+    text = " ".join(str(exc).split())
+    return text if limit is None else text[:limit]
+
+
 class EdgeoptError(Exception):
     """Base class of every error edgeopt raises on purpose."""
 

@@ -24,7 +24,7 @@ import dataclasses
 import math
 from typing import Any
 
-from edgeopt.errors import ConfigError, UnsupportedModelError
+from edgeopt.errors import ConfigError, UnsupportedModelError, brief
 
 # Modules that only reshape or pass data through: no arithmetic and, once compiled by a
 # runtime, no activation traffic of their own (views are free).
@@ -203,7 +203,7 @@ def count_macs(model: Any, spec: Any = None, batch_size: int = 1) -> MacsResult:
         with counter, torch.no_grad():
             model(x)
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
+        msg = brief(exc, 200)
         raise UnsupportedModelError(
             f"count_macs: the forward pass failed on an input of shape {tuple(x.shape)}: {msg}"
         ) from None

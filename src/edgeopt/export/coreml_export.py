@@ -47,6 +47,7 @@ from edgeopt.errors import (
     EdgeoptError,
     MissingDependencyError,
     UnsupportedModelError,
+    brief,
     require,
 )
 from edgeopt.spec import ModelSpec
@@ -305,7 +306,7 @@ def export_coreml(model: Any, spec: ModelSpec, out_path: Path, cfg: CoreMLExport
     except EdgeoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - coremltools raises ValueError, NotImplementedError, RuntimeError ...
-        msg = " ".join(str(exc).split())[:300]
+        msg = brief(exc)
         raise UnsupportedModelError(
             f"coremltools cannot convert {type(model).__name__} (capture={cfg.capture}, {cfg.precision}): "
             f"{type(exc).__name__}: {msg}"

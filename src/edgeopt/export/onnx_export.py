@@ -62,6 +62,7 @@ from edgeopt.errors import (
     ExportMismatchError,
     MissingDependencyError,
     UnsupportedModelError,
+    brief,
     require,
 )
 from edgeopt.spec import ModelSpec
@@ -277,7 +278,7 @@ def export_onnx(model: Any, spec: ModelSpec, out_path: Path, cfg: OnnxExportConf
                 _save(plain)  # checked before ORT rewrites it (contrib ops fail onnx.checker)
                 write_with_atomic(out_path, lambda dst: ort_optimize(plain, dst, cfg.optimization))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        msg = " ".join(str(exc).split())[:300]
+        msg = brief(exc)
         raise UnsupportedModelError(f"the exported ONNX graph fails onnx.checker: {msg}") from None
 
     meta = {
@@ -331,7 +332,7 @@ def ort_optimize(src: str | Path, dst: str | Path, level: str) -> Path:
     try:
         ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises Fail, InvalidGraph, ...
-        msg = " ".join(str(exc).split())[:300]
+        msg = brief(exc)
         raise UnsupportedModelError(f"onnxruntime cannot optimize the graph at level {level!r}: {msg}") from None
     if not Path(dst).is_file() or Path(dst).stat().st_size == 0:
         raise UnsupportedModelError(f"onnxruntime wrote no optimized model at level {level!r}")

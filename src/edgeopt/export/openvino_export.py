@@ -48,6 +48,7 @@ from edgeopt.errors import (
     EdgeoptError,
     MissingDependencyError,
     UnsupportedModelError,
+    brief,
     require,
 )
 from edgeopt.spec import ModelSpec
@@ -242,7 +243,7 @@ def export_openvino(model: Any, spec: ModelSpec, out_path: Path, cfg: OpenVINOEx
         except EdgeoptError:
             raise
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises OpConversionFailure, RuntimeError, ...
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise UnsupportedModelError(
                 f"OpenVINO cannot convert {type(model).__name__} (source={cfg.source}): {type(exc).__name__}: {msg}"
             ) from None

@@ -44,6 +44,7 @@ from edgeopt.errors import (
     EdgeoptError,
     MissingDependencyError,
     UnsupportedModelError,
+    brief,
     require,
 )
 from edgeopt.spec import ModelSpec
@@ -291,7 +292,7 @@ def export_tflite(
     except EdgeoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - every converter failure becomes one line
-        msg = " ".join(str(exc).split())[:300]
+        msg = brief(exc)
         raise UnsupportedModelError(
             f"litert-torch cannot convert {type(model).__name__} to TFLite ({cfg.precision}): "
             f"{type(exc).__name__}: {msg}"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt.errors import ModelLoadError
+from edgeopt.errors import ModelLoadError, brief
 
 _STATE_KEYS = ("state_dict", "model", "model_state_dict")  # where trainers nest weights
 _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -96,7 +96,7 @@ def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        msg = " ".join(str(exc).split())
+        msg = brief(exc, None)
         raise ModelLoadError(
             f"{p} is a corrupt or truncated safetensors file ({msg}); re-save or re-download it"
         ) from None
@@ -116,7 +116,7 @@ def _read_torch(p: Path) -> Any:
             ) from None
         raise ModelLoadError(f"{p} is a corrupt PyTorch file ({exc}); re-save it") from None
     except (EOFError, RuntimeError, ValueError, OSError) as exc:
-        msg = " ".join(str(exc).split())[:200]
+        msg = brief(exc, 200)
         raise ModelLoadError(
             f"{p} is a corrupt or truncated PyTorch file ({msg}); re-save it"
         ) from None

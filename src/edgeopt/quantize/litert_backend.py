@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, EdgeoptError, UnsupportedModelError
+from edgeopt.errors import ConfigError, EdgeoptError, UnsupportedModelError, brief
 from edgeopt.quantize._base import Built, QuantBackend
 from edgeopt.quantize.config import QuantConfig
 from edgeopt.spec import get_spec
@@ -94,7 +94,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
     except EdgeoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - a converter failure is one line naming the model
-        msg = " ".join(str(exc).split())[:300]
+        msg = brief(exc)
         raise UnsupportedModelError(
             f"litert-torch cannot quantize {type(model).__name__} ({cfg.method}): {type(exc).__name__}: {msg}"
         ) from None

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError, require
+from edgeopt.errors import ArtifactError, brief, require
 from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 
@@ -97,7 +97,7 @@ class LiteRTRunner:
             )
             self.interpreter.allocate_tensors()
         except Exception as exc:  # noqa: BLE001 - the wrapper raises ValueError / RuntimeError
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(
                 f"the LiteRT interpreter cannot load {path} ({type(exc).__name__}: {msg}); the file is "
                 f"corrupt or truncated: re-export it"
@@ -167,5 +167,5 @@ class LiteRTRunner:
         except ArtifactError:
             raise
         except Exception as exc:  # noqa: BLE001  # pragma: no cover - shapes are checked above
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(f"LiteRT failed on {self.artifact.path.name}: {msg}") from None

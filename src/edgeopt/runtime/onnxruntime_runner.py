@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError, MissingDependencyError, require
+from edgeopt.errors import ArtifactError, MissingDependencyError, brief, require
 from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 #: short names -> onnxruntime execution providers, in the order they are tried
@@ -108,7 +108,7 @@ class OnnxRuntimeRunner:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises InvalidProtobuf, Fail, ...
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(
                 f"onnxruntime cannot load {path} ({type(exc).__name__}: {msg}); the file is corrupt, "
                 f"truncated or not ONNX: re-export it"
@@ -151,7 +151,7 @@ class OnnxRuntimeRunner:
         try:
             out = self.session.run(None, {self._input_name: x})[0]
         except Exception as exc:  # noqa: BLE001  # pragma: no cover - shapes are checked above
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(f"onnxruntime failed on {self.artifact.path.name}: {msg}") from None
         return np.asarray(out, dtype=np.float32)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError, ConfigError, require
+from edgeopt.errors import ArtifactError, ConfigError, brief, require
 from edgeopt.runtime._base import RUNNERS, bind_target, check_batch, check_threads
 
 #: artifact precision -> the OpenVINO CPU inference precision asked for
@@ -45,10 +45,6 @@ def _ov():
     return require("openvino", "openvino", "the OpenVINO runtime")
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    return " ".join(str(exc).split())[:limit]
-
-
 def _read_model(core: Any, xml: Path) -> Any:
     from edgeopt.export.onnx_export import _quiet
 
@@ -59,7 +55,7 @@ def _read_model(core: Any, xml: Path) -> Any:
             return core.read_model(str(xml))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for every load failure
         raise ArtifactError(
-            f"OpenVINO cannot read {xml.name} ({_one_line(exc)}); the .xml or its .bin is corrupt, "
+            f"OpenVINO cannot read {xml.name} ({brief(exc)}); the .xml or its .bin is corrupt, "
             f"truncated or missing: re-export it"
         ) from None
 
@@ -217,7 +213,7 @@ class OpenVINORunner:
         try:
             compiled = self._core.compile_model(self._model, self.device, self._config())
         except Exception as exc:  # noqa: BLE001 - RuntimeError with a C++ trace
-            raise ArtifactError(f"OpenVINO cannot compile {self.artifact.path.name} for {self.device}: {_one_line(exc)}") from None
+            raise ArtifactError(f"OpenVINO cannot compile {self.artifact.path.name} for {self.device}: {brief(exc)}") from None
         entry = (compiled, compiled.create_infer_request())
         self._compiled[key] = entry
         while len(self._compiled) > _MAX_COMPILED:
@@ -247,7 +243,7 @@ class OpenVINORunner:
             request.infer([x])
             out = request.get_output_tensor(0).data
         except Exception as exc:  # noqa: BLE001  # pragma: no cover - shapes are checked above
-            raise ArtifactError(f"OpenVINO failed on {self.artifact.path.name}: {_one_line(exc)}") from None
+            raise ArtifactError(f"OpenVINO failed on {self.artifact.path.name}: {brief(exc)}") from None
         return np.array(out, dtype=np.float32)  # a copy: the request reuses its buffer
 
     def runtime_precisions(self) -> dict[tuple[str, str], int]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError, MissingDependencyError
+from edgeopt.errors import ArtifactError, MissingDependencyError, brief
 from edgeopt.runtime._base import RUNNERS, TorchVersionMixin, bind_target, check_batch
 
 _SPEC_EXTRA_FILE = "edgeopt_spec.json"
@@ -213,7 +213,7 @@ class TorchExportRunner(TorchVersionMixin):
             data = path.read_bytes()
             reason = unsafe_reason(data)
         except (OSError, zipfile.BadZipFile, ValueError, KeyError, UnicodeDecodeError) as exc:
-            msg = " ".join(str(exc).split())[:200]
+            msg = brief(exc, 200)
             raise ArtifactError(
                 f"{path} is not a readable torch.export archive ({type(exc).__name__}: {msg}); rebuild it"
             ) from None
@@ -228,7 +228,7 @@ class TorchExportRunner(TorchVersionMixin):
                 ep = torch.export.load(io.BytesIO(data), extra_files=extra)
             self.module = ep.module()
         except Exception as exc:  # noqa: BLE001 - the deserializer raises many types on bad files
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(
                 f"torch.export.load cannot load {path} ({type(exc).__name__}: {msg}); the file is corrupt, "
                 f"truncated or from another torch version: rebuild it"
@@ -279,7 +279,7 @@ class TorchExportRunner(TorchVersionMixin):
                 else:
                     out = self.module(torch.from_numpy(x))
         except Exception as exc:  # noqa: BLE001 - a compile or kernel error is one long message
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             how = "compiled " if self.compile else ""
             raise ArtifactError(f"the {how}torch.export program {self.artifact.path.name} failed: {msg}") from None
         finally:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError
+from edgeopt.errors import ArtifactError, brief
 from edgeopt.runtime._base import RUNNERS, TorchVersionMixin, bind_target, check_batch
 
 
@@ -91,7 +91,7 @@ class TorchScriptRunner(TorchVersionMixin):
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, ValueError, ... on bad archives
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(
                 f"torch.jit.load cannot load {path} ({type(exc).__name__}: {msg}); the file is corrupt, "
                 f"truncated or not TorchScript: re-export it"
@@ -125,7 +125,7 @@ class TorchScriptRunner(TorchVersionMixin):
             with torch.inference_mode(), _engine(self.quantized_engine):
                 out = self.module(torch.from_numpy(x))
         except Exception as exc:  # noqa: BLE001 - a TorchScript error is one long RuntimeError
-            msg = " ".join(str(exc).split())[:300]
+            msg = brief(exc)
             raise ArtifactError(f"TorchScript failed on {self.artifact.path.name}: {msg}") from None
         finally:
             if torch.get_num_threads() != before:

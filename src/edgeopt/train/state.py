@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgeopt._io import write_with_atomic
-from edgeopt.errors import ConfigError, ModelLoadError
+from edgeopt.errors import ConfigError, ModelLoadError, brief
 
 STATE_FILE = "train_state.pt"
 STATE_VERSION = 1
@@ -120,7 +120,7 @@ def load_train_state(out_dir: str | Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or unsafe pickles all end here
-        msg = " ".join(str(exc).split())[:200]
+        msg = brief(exc, 200)
         raise ModelLoadError(
             f"cannot load {path} (corrupt or not an edgeopt train state: {msg}); "
             "delete it to start fresh"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, brief
 from edgeopt.train import _checkpoints as ckpt
 from edgeopt.train._metrics import RunningMetrics
 from edgeopt.train.config import TrainConfig
@@ -367,7 +367,7 @@ class Trainer:
         try:
             return self.training_step(x, y)
         except Exception as exc:  # noqa: BLE001 - inductor/dynamo failures come in many types
-            msg = " ".join(str(exc).split())[:160]
+            msg = brief(exc, 160)
             progress.message(f"warning: torch.compile failed ({type(exc).__name__}: {msg}); "
                              "training in eager mode instead")
             self.forward_model = getattr(self.forward_model, "_orig_mod", self.model)
