@@ -18,7 +18,9 @@ pattern ONNX Runtime runs in int8.
 
 The fake-quant reference of a static or dynamic artifact is a :class:`QuantSim` of the
 folded model whose weights are the file's own int8 weights, dequantized, and whose layer
-inputs are fake-quantized with the file's own scales and zero points.
+inputs are fake-quantized with the file's own scales and zero points; for static files
+also every other tensor the file requantizes (residual adds, pooled features, logits),
+placed at its PyTorch module boundary by :func:`match_activations`.
 """
 
 from __future__ import annotations
@@ -151,8 +153,9 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
     """The int8 weights and input scales of each quantized layer of a QDQ ONNX file.
 
     Returns ``{layer: {"weight": {"dequantized": Tensor in PyTorch layout, "scale", ...},
-    "input": {"scale", "zero_point", "dtype"}}}``; a dynamically quantized layer's input
-    entry is ``{"dynamic": True, ...}``.
+    "bias": {"dequantized": Tensor}, "input": {"scale", "zero_point", "dtype"}}}`` (bias
+    when the file stores it as int32); a dynamically quantized layer's input entry is
+    ``{"dynamic": True, ...}``.
     """
     import onnx
     from onnx import numpy_helper
@@ -184,6 +187,11 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
             entry["weight"] = {"dequantized": torch.from_numpy(np.ascontiguousarray(deq)),
                                "scale": torch.from_numpy(np.atleast_1d(scale)), "zero_point": 0,
                                "dtype": "int8", "axis": 0 if scale.ndim == 1 else None}
+        bp = producer.get(n.input[2]) if len(n.input) > 2 else None
+        if "weight" in entry and bp is not None and bp.op_type == "DequantizeLinear" and bp.input[0] in inits:
+            # int32 bias with scale input x weight scale: the rounding matters in deep nets
+            deq_b = inits[bp.input[0]].astype(np.float64) * inits[bp.input[1]].astype(np.float64)
+            entry["bias"] = {"dequantized": torch.from_numpy(deq_b.astype(np.float32))}
         ip = producer.get(n.input[0])
         if ip is not None and ip.op_type == "DequantizeLinear" and ip.input[1] in inits:
             zp_arr = inits[ip.input[2]] if len(ip.input) > 2 and ip.input[2] in inits else np.array(0, np.uint8)
@@ -225,6 +233,85 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
                                  "dtype": "int8", "axis": 0 if scale.ndim == 1 and scale.size > 1 else None},
                       "input": {"dynamic": True}}
     return out
+
+
+def match_activations(float_onnx: str | Path, qdq_onnx: str | Path, model: nn.Module,
+                      images: torch.Tensor, rtol: float = 1e-4) -> tuple[list[dict[str, Any]], list[str]]:
+    """Which ``torch.fx`` node of the folded model computes each tensor the QDQ file requantizes.
+
+    ONNX names do not say where a tensor comes from in PyTorch (the exporter flattens
+    scopes: ``/conv.2_1/Conv``, ``/Add_3``), so tensors are matched by value: the float
+    ONNX model the file was quantized from runs on ``images`` with every requantized
+    tensor as an output, the GraphModule runs node by node, and a tensor goes to the
+    first node whose value equals it (within ``rtol`` of its magnitude). The graph input
+    (each layer's input quantization covers it), weights and the logits (QuantSim's
+    ``output``) are left out.
+
+    Returns ``(activations, unmatched)``: entries for :class:`QuantSim`'s ``activations``,
+    and the names of requantized tensors no node computes (nothing is matched when
+    ``model`` is not a GraphModule, e.g. fx could not trace it).
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    qdq = onnx.load(str(qdq_onnx))
+    inits = {i.name: i for i in qdq.graph.initializer}
+    graph_inputs = {i.name for i in qdq.graph.input}
+    graph_outputs = {o.name for o in qdq.graph.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in qdq.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    wanted: dict[str, dict[str, Any]] = {}
+    for n in qdq.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits or n.input[0] in graph_inputs:
+            continue
+        if any(o in graph_outputs for c in consumers.get(n.output[0], []) for o in c.output):
+            continue  # Q -> DQ -> graph output: the logits, QuantSim's ``output``
+        if n.input[1] not in inits or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[n.input[1]])
+        zp = numpy_helper.to_array(inits[n.input[2]])
+        if scale.size != 1:  # per-channel activations: not something quantize_static writes
+            continue
+        wanted[n.input[0]] = {"scale": float(scale), "zero_point": int(zp),
+                              "dtype": "uint8" if zp.dtype == np.uint8 else "int8"}
+    if not wanted or not isinstance(model, torch.fx.GraphModule):
+        return [], sorted(wanted)
+    proto = onnx.load(str(float_onnx))
+    known = {o for node in proto.graph.node for o in node.output}
+    names = [v for v in wanted if v in known]
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, None) for v in names)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    values = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: images.numpy().astype(np.float32)})))
+
+    seen: list[tuple[str, torch.Tensor]] = []  # (fx node, value) in execution order
+
+    class _Record(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            out = super().run_node(n)
+            if n.op not in ("placeholder", "output", "get_attr") and isinstance(out, torch.Tensor):
+                seen.append((n.name, out.detach()))
+            return out
+
+    with torch.no_grad():
+        _Record(model).run(images)
+    matched: list[dict[str, Any]] = []
+    unmatched = sorted(v for v in wanted if v not in known)
+    for v in names:
+        ref = torch.from_numpy(values[v])
+        tol = rtol * (1.0 + float(ref.abs().max()))
+        node = next((n for n, t in seen if t.shape == ref.shape and float((t - ref).abs().max()) <= tol), None)
+        if node is None:
+            unmatched.append(v)
+        else:
+            matched.append({"node": node, "tensor": v, **wanted[v]})
+    return matched, unmatched
 
 
 def _float_weight_nodes(path: Path, layers: dict[str, str]) -> list[str]:
@@ -345,6 +432,8 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         nodes = weight_nodes(proto)  # onnx node -> layer
         layer_to_node = {v: k for k, v in nodes.items()}
         missing = [n for n in quantizable_layers(folded) if n not in layer_to_node]
+        activations: list[dict[str, Any]] = []
+        unmatched: list[str] = []
         if cfg.method == "dynamic":
             exclude = [layer_to_node[n] for n in keep_float if n in layer_to_node]
             mm = Path(tmp) / "matmul.onnx"
@@ -375,6 +464,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
                     weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, _CALIB[cfg.calibration]),
                     nodes_to_exclude=exclude, extra_options=extra, reduce_range=reduce_range,
                 )
+            activations, unmatched = match_activations(pre, out, folded, calibration[:16])
     float_layers = _float_weight_nodes(out, {k: v for k, v in nodes.items()})
     unexpected = [n for n in float_layers if n not in keep_float]
     float_layers = [n for n in mods if n in set(float_layers) | set(float_only)]  # model order
@@ -397,10 +487,11 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         )
     output_q = qdq.pop(OUTPUT_KEY, None)
     reference = QuantSim(folded, {k: v for k, v in qdq.items() if k in dict(folded.named_modules())},
-                         output=output_q)
+                         output=output_q, activations=activations)
     precision = "int8" if not float_layers else "mixed"
     meta = {"exporter": "onnxruntime.quantization", "quant_format": "QDQ" if cfg.method != "dynamic" else "dynamic",
             "onnxruntime_version": _ort_version(), "quantized_layers": len(qdq),
+            "reference_requantizes": {"tensors": len(activations), "not_simulated": unmatched},
             "reduce_range": reduce_range_for(cfg),
             "source": {"arch": getattr(model, "edgeopt_arch", None), "class": type(model).__name__},
             "lineage": list(getattr(model, "edgeopt_lineage", None) or []) + [

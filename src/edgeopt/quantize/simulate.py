@@ -15,9 +15,11 @@ Two sources of quantization parameters:
   reads the QDQ file's initializers), so the reference computes with the artifact's own
   numbers.
 
-What the simulation leaves out, by design: requantization of elementwise adds and of the
-final logits, and integer rounding inside the accumulators. Those are second-order; the
-agreement figure in every QuantResult measures how much they matter.
+Beyond layer inputs, a reference can fake-quantize the value of any node of a
+``torch.fx`` model (``activations``): the ONNX Runtime backend uses that for every tensor
+its QDQ file requantizes, e.g. the residual adds of MobileNetV2, whose requantized sum
+feeds both the next conv and the next add. What stays out: integer rounding inside the
+accumulators; the agreement figure in every QuantResult measures how much it matters.
 """
 
 from __future__ import annotations
@@ -177,6 +179,10 @@ class QuantSim(nn.Module):
         enabled: layers simulated in int8; None: every layer in ``qparams``.
         output: the quantization of the model's output (logits), when the artifact
             requantizes it (a QDQ graph that ends in Q -> DQ).
+        activations: ``[{"node", "scale", "zero_point", "dtype"}]``: further values the
+            artifact requantizes, by the name of the ``torch.fx`` node that computes them
+            (``model`` must then be a GraphModule, as :func:`fold_batchnorm` returns);
+            fake-quantized while any layer is enabled.
 
     Example:
         >>> m = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
@@ -187,19 +193,30 @@ class QuantSim(nn.Module):
     """
 
     def __init__(self, model: nn.Module, qparams: dict[str, dict[str, Any]],
-                 enabled: Iterable[str] | None = None, output: dict[str, Any] | None = None) -> None:
+                 enabled: Iterable[str] | None = None, output: dict[str, Any] | None = None,
+                 activations: Iterable[dict[str, Any]] = ()) -> None:
         super().__init__()
         self.output = output  # {"scale", "zero_point", "dtype"}: the artifact requantizes its logits
         self.model = copy.deepcopy(model).eval()
         self.qparams = qparams
+        self.activations = list(activations)
+        self._requant_on = {"on": False}  # shared with the inserted _Requant modules
+        if self.activations:
+            _insert_requant(self.model, self.activations, self._requant_on)
         mods = dict(self.model.named_modules())
         self._float_w: dict[str, torch.Tensor] = {}
         self._quant_w: dict[str, torch.Tensor] = {}
+        self._float_b: dict[str, torch.Tensor] = {}
+        self._quant_b: dict[str, torch.Tensor] = {}
         for name, p in qparams.items():
             mod = mods.get(name)
             if mod is None or not isinstance(mod, QUANTIZABLE):
                 raise ConfigError(f"QuantSim: {name!r} is not a Conv/Linear layer of the model")
             self._float_w[name] = mod.weight.detach().clone()
+            b = p.get("bias")
+            if b is not None and mod.bias is not None:  # the artifact's int32 bias, dequantized
+                self._float_b[name] = mod.bias.detach().clone()
+                self._quant_b[name] = torch.as_tensor(b["dequantized"], dtype=torch.float32).reshape(mod.bias.shape)
             w = p.get("weight")
             if w is not None and w.get("dequantized") is not None:  # the artifact's own int8 weights
                 deq = torch.as_tensor(w["dequantized"], dtype=torch.float32)
@@ -241,10 +258,47 @@ class QuantSim(nn.Module):
             for name in self.qparams:
                 w = self._quant_w.get(name) if name in layers else None
                 self._mods[name].weight.copy_(self._float_w[name] if w is None else w)
+                if name in self._quant_b:
+                    self._mods[name].bias.copy_(self._quant_b[name] if name in layers else self._float_b[name])
         self.enabled = layers
+        self._requant_on["on"] = bool(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
         if self.output is not None and self.enabled:
             y = qm.fake_quantize(y, self.output["scale"], self.output["zero_point"], dtype=self.output["dtype"])
         return y
+
+
+class _Requant(nn.Module):
+    """Fake-quantizes the value it is given while ``state["on"]`` (a node QuantSim inserts)."""
+
+    def __init__(self, p: dict[str, Any], state: dict[str, bool]) -> None:
+        super().__init__()
+        self.scale, self.zero_point, self.dtype = float(p["scale"]), int(p["zero_point"]), str(p["dtype"])
+        self.state = state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.state["on"]:
+            return x
+        return qm.fake_quantize(x, self.scale, self.zero_point, dtype=self.dtype)
+
+
+def _insert_requant(gm: nn.Module, activations: list[dict[str, Any]], state: dict[str, bool]) -> None:
+    """After each named fx node, a :class:`_Requant` that every user of the node then reads."""
+    if not isinstance(gm, torch.fx.GraphModule):
+        raise ConfigError("QuantSim: activations are placed by torch.fx node name; the model is not a GraphModule")
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for i, a in enumerate(activations):
+        node = nodes.get(a["node"])
+        if node is None:
+            raise ConfigError(f"QuantSim: the model has no fx node {a['node']!r} to requantize")
+        name = f"edgeopt_requant_{i}"
+        gm.add_submodule(name, _Requant(a, state))
+        users = list(node.users)
+        with gm.graph.inserting_after(node):
+            rq = gm.graph.call_module(name, (node,))
+        for u in users:
+            u.replace_input_with(node, rq)
+    gm.graph.lint()
+    gm.recompile()
