@@ -255,6 +255,13 @@ def export_onnx(model: Any, spec: ModelSpec, out_path: Path, cfg: OnnxExportConf
             f"the ONNX model is {proto.ByteSize() / 1024**3:.1f} GiB; one ONNX file holds at most 2 GiB "
             f"(prune or quantize it first)"
         )
+    # the dynamo exporter annotates every node and value with its PyTorch origin (module
+    # path, class hierarchy, fx node text): 354 kB of MobileNetV2's 2.8 MB int8 QAT file.
+    # Useful while debugging an export, dead weight on a device.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    for value in proto.graph.value_info:
+        del value.metadata_props[:]
     del proto.metadata_props[:]
     for key, value in {
         ONNX_SPEC_KEY: json.dumps(spec.to_dict()),  # lets a sidecar-less file still say what it takes

@@ -36,6 +36,21 @@ class Built:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def cpu_has_vnni() -> bool:
+    """True when this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # unknown: assume a modern CPU, the user can set reduce_range
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"))
+
+
+def reduce_range_for(cfg: QuantConfig) -> bool:
+    """7-bit weights/activations for x86 int8 kernels: ``cfg.reduce_range``, or when that is
+    None, on exactly when this CPU lacks VNNI (see QuantConfig.reduce_range)."""
+    return cfg.reduce_range if cfg.reduce_range is not None else not cpu_has_vnni()
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantBackend:
     """One int8 backend.

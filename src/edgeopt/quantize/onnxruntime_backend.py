@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import UnsupportedModelError
-from edgeopt.quantize._base import Built, QuantBackend
+from edgeopt.quantize._base import Built, QuantBackend, cpu_has_vnni, reduce_range_for  # noqa: F401 - re-exported
 from edgeopt.quantize.config import QuantConfig
 from edgeopt.spec import get_spec
 
@@ -50,19 +50,6 @@ def available() -> str | None:
     except ImportError as exc:
         return f"the onnxruntime backend needs onnxruntime: pip install onnxruntime ({exc})"
     return None
-
-
-def cpu_has_vnni() -> bool:
-    """True when this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return True  # unknown: assume a modern CPU, the user can set reduce_range
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"))
-
-
-def reduce_range_for(cfg: QuantConfig) -> bool:
-    return cfg.reduce_range if cfg.reduce_range is not None else not cpu_has_vnni()
 
 
 def _gemm_to_matmul(proto: Any) -> Any:
