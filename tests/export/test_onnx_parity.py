@@ -101,6 +101,9 @@ def test_onnx_export_matches_torch_on_real_images(name, data, dynamo, real_image
 
     proto = onnx.load(str(res.artifact.path))
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    # no per-node origin annotations (the dynamo exporter's: 354 kB of a 2.8 MB int8 MobileNetV2)
+    assert not any(n.metadata_props for n in proto.graph.node)
+    assert not any(v.metadata_props for v in proto.graph.value_info)
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value
     assert res.artifact.meta["exporter"] == ("dynamo" if dynamo else "torchscript")

@@ -44,6 +44,23 @@ def test_qat_onnxruntime(digits_cnn, digits_data, tmp_path, capfd):
     assert side["method"] == "qat" and side["qat_max_steps_per_epoch"] == 6 and side["qat"]["frozen_at_step"] == 3
 
     assert res.agreement["samples"] == 143 and res.agreement["top1_agreement"] >= 0.99  # measured 1.0
+    # without VNNI: 7-bit weights (ORT's kernels cannot saturate), 8-bit activations (what an
+    # ONNX QuantizeLinear keeps, and what lets ORT drop ReLU6 clips and fuse every conv)
+    from edgeopt.quantize._base import cpu_has_vnni
+
+    lo, hi = (-128, 127) if cpu_has_vnni() else (-64, 63)
+    assert res.meta["reduce_range"] is (not cpu_has_vnni())
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(res.artifact.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weights = [inits[n.input[0]] for n in proto.graph.node
+               if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int8]
+    assert len(weights) == 5 and all(lo <= int(w.min()) and int(w.max()) <= hi for w in weights)
+    act_zp = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert act_zp and all(z.dtype == np.uint8 for z in act_zp)
+    assert max(int(w.max()) for w in weights) > hi // 2  # the 7 or 8 bits are used, not fewer
     with torch.no_grad():
         acc_float = _test_accuracy(lambda x: digits_cnn(x).numpy(), digits_data)
     runner = get_runner(res.artifact, threads=1)
