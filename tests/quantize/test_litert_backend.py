@@ -119,3 +119,30 @@ def test_qat_int8(digits_cnn, digits_data, tmp_path):
     runner = get_runner(res.artifact, threads=1)
     acc_int8 = _test_accuracy(lambda x: runner.predict(x.numpy()), digits_data)
     assert acc_int8 >= acc_float - 0.02, (acc_int8, acc_float)
+
+
+def test_reference_biases_sit_on_the_files_int32_grid(static):
+    """TFLite adds each bias as int32 (scale = input scale x weight scale); the reference adds
+    the same rounded values, not the float bias (on MobileNetV2-CIFAR that halved the mean
+    logit gap to the file, 0.052 -> 0.023, and took top-1 agreement on 512 validation images
+    from 98.63 % to 99.22 %)."""
+    import functools
+
+    qd = torch.ops.quantized_decomposed
+    gm = static.reference.graph
+
+    def attr(node):
+        return functools.reduce(getattr, str(node.target).split("."), gm)
+
+    checked = 0
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+            continue
+        x, w, b = n.args[:3]
+        assert x.target == qd.dequantize_per_tensor.default and b.op == "get_attr"
+        scale = (x.args[1] * attr(w.args[1]).double()).reshape(-1)
+        steps = attr(b).double() / scale
+        # float32 storage: within a float32 rounding of an integer number of steps
+        assert bool(((steps - steps.round()).abs() <= 1e-3 + 1e-6 * steps.abs()).all()), n.name
+        checked += 1
+    assert checked == 5
