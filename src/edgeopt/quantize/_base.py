@@ -9,6 +9,7 @@ their top-1 agreement, so an int8 file that silently computes something else is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -36,8 +37,10 @@ class Built:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@functools.cache
 def cpu_has_vnni() -> bool:
-    """True when this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo)."""
+    """True when this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo; read
+    once per process, since every quantization asks several times)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:

@@ -20,7 +20,7 @@ The fake-quant reference of a static or dynamic artifact is a :class:`QuantSim` 
 folded model whose weights are the file's own int8 weights, dequantized, and whose layer
 inputs are fake-quantized with the file's own scales and zero points; for static files
 also every other tensor the file requantizes (residual adds, pooled features, logits),
-placed at its PyTorch module boundary by :func:`match_activations`.
+on the ``torch.fx`` node that computes it (:func:`match_activations`).
 """
 
 from __future__ import annotations
@@ -136,6 +136,14 @@ def weight_nodes(proto: Any) -> dict[str, str]:
     return out
 
 
+def _dq_qparams(node: Any, inits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Scale, zero point and dtype of a per-tensor DequantizeLinear (zero point 0, uint8
+    when the node omits it, as ONNX specifies)."""
+    zp = inits[node.input[2]] if len(node.input) > 2 and node.input[2] in inits else np.array(0, np.uint8)
+    return {"scale": float(inits[node.input[1]]), "zero_point": int(zp),
+            "dtype": "uint8" if zp.dtype == np.uint8 else "int8"}
+
+
 def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
     """The int8 weights and input scales of each quantized layer of a QDQ ONNX file.
 
@@ -181,9 +189,7 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
             entry["bias"] = {"dequantized": torch.from_numpy(deq_b.astype(np.float32))}
         ip = producer.get(n.input[0])
         if ip is not None and ip.op_type == "DequantizeLinear" and ip.input[1] in inits:
-            zp_arr = inits[ip.input[2]] if len(ip.input) > 2 and ip.input[2] in inits else np.array(0, np.uint8)
-            entry["input"] = {"scale": float(inits[ip.input[1]]), "zero_point": int(zp_arr),
-                              "dtype": "uint8" if zp_arr.dtype == np.uint8 else "int8"}
+            entry["input"] = _dq_qparams(ip, inits)
         elif n.op_type in ("MatMulInteger", "ConvInteger") or "weight" in entry and ip is None:
             entry["input"] = {"dynamic": True}
         if entry:
@@ -192,9 +198,7 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
     for o in proto.graph.output:
         dq = producer.get(o.name)
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in inits:
-            zp_arr = inits[dq.input[2]] if len(dq.input) > 2 and dq.input[2] in inits else np.array(0, np.uint8)
-            out[OUTPUT_KEY] = {"scale": float(inits[dq.input[1]]), "zero_point": int(zp_arr),
-                               "dtype": "uint8" if zp_arr.dtype == np.uint8 else "int8"}
+            out[OUTPUT_KEY] = _dq_qparams(dq, inits)
     # dynamic quantization: MatMulInteger / ConvInteger nodes carry the int8 weight directly
     for n in proto.graph.node:
         if n.op_type not in ("MatMulInteger", "ConvInteger") or len(n.input) < 2 or n.input[1] not in inits:
