@@ -78,7 +78,6 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
                     for i in range(0, len(calibration), 64):
                         prepared(calibration[i:i + 64])
                 qat_info = finetune(prepared, cfg, data, out, exported=True)
-                # the converter takes a batch-1 graph: re-export the trained fake-quant model
                 quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
             else:
                 graph = strip_dropout(torch.export.export(copy.deepcopy(model).eval(), (example,)).module())
