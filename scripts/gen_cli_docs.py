@@ -11,7 +11,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["demo", "train", "eval", "bench", "export", "quantize", "scan", "models", "datasets", "runtimes", "formats"]
+# the order of the page; a command not listed here is appended, so none is ever left out
+ORDER = ["demo", "import", "train", "eval", "bench", "export", "quantize", "scan", "models", "datasets", "runtimes",
+         "formats"]
+
+
+def commands() -> list[str]:
+    from edgeopt.cli.app import app
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    return [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
 
 
 def help_text(*args: str) -> str:
@@ -39,7 +48,7 @@ def main() -> None:
         help_text(),
         "```",
     ]
-    for cmd in COMMANDS:
+    for cmd in commands():
         parts += ["", f"## edgeopt {cmd}", "", "```text", help_text(cmd), "```"]
     write_text_atomic(ROOT / "docs" / "cli.md", "\n".join(parts) + "\n")
 

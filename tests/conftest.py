@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+# shared helpers (tests/_cli.py) import as top-level modules under --import-mode=importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 # Tests are run on 2-core machines beside other work: keep torch to one thread by
 # default so that timing-insensitive tests do not fight over cores.
 torch.set_num_threads(int(os.environ.get("EDGEOPT_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _forget_model_code_trust():
+    """A CLI call with --trust-model-code allows code for the whole process: forget it after
+    each test so that no test passes because an earlier one trusted something."""
+    yield
+    from edgeopt.models.trust import reset_model_code_trust
+
+    reset_model_code_trust()
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,33 @@ report: readers see the old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgeopt.errors import ConfigError, EdgeoptError, OutputError, brief
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it onto ``path`` on success.
+
+    The temporary file is ``.NAME.p<pid>-<random>.tmp``; the file renamed onto ``path`` has
+    the mode a plain ``open()`` would give (``0666`` less the umask, or the mode of the file
+    it replaces), never ``mkstemp``'s or a library's ``0600``. On any exception the
+    temporary is removed and the old file is kept; leftovers of a killed writer of the same
+    file (its pid is dead) are removed first. A full disk, a read-only file system or a
+    denied permission is one ``OutputError``; a folder in the way that is a file, a
+    ``ConfigError``.
 
     Example:
         >>> import tempfile, pathlib
@@ -28,18 +43,366 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         'hi'
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    _make_dirs(target.parent, target)
+    remove_stale_temps(target)
+    tmp = target.parent / f".{target.name}.p{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            raise _write_error(target, exc) from None
+        raise
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)  # open() on an existing file keeps its mode
+    except OSError:
+        mode = 0o666 & ~current_umask()  # a new file: what open() gives under the umask
     try:
         yield tmp
+        # Writers such as safetensors create their file 0600 themselves: set the mode last.
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:  # flush to disk before the rename makes it visible
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except BaseException as exc:
+        ours = isinstance(exc, EdgeoptError) or not isinstance(exc, Exception)  # e.g. Ctrl-C
+        full = not ours and not isinstance(exc, OSError) and _no_room(target.parent)
+        _unlink_quietly(tmp)
+        err = None if ours else _oserror_in(exc)
+        if err is not None:
+            raise _write_error(target, err) from None
+        if full:  # a library's own error type (e.g. torch's "file write failed") on a full disk
+            raise OutputError(
+                f"cannot write {target}: no space left on device ({brief(exc, 120)}); "
+                "free some space or write elsewhere; the old file, if any, is unchanged"
+            ) from None
+        raise
+
+
+# -- output folders: checked before work starts --------------------------------------------
+def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Check that ``path`` is (or can be created as) a writable folder; create nothing.
+
+    Entry points call this before any work starts, so a bad ``--out-dir`` is one line at
+    once, not a traceback after an epoch of training.
+
+    Args:
+        path: the folder that will be written to.
+        what: how the message names it, e.g. ``"out_dir"``.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        ConfigError: ``path`` or a folder above it is a file, or the nearest existing
+            folder is not writable (permission, read-only file system).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "f").write_text("x")
+        >>> ensure_writable_dir(d / "new" / "run").name
+        'run'
+        >>> ensure_writable_dir(d / "f" / "run")
+        Traceback (most recent call last):
+        edgeopt.errors.ConfigError: output folder ...: ... is a file, not a folder; choose another path
+    """
+    p = Path(path)
+    problem = _folder_problem(p)
+    if problem is not None:
+        raise ConfigError(f"{what} {p}{problem}; choose another path")
+    return p
+
+
+def ensure_writable_file(path: str | os.PathLike[str], what: str = "output file", *,
+                         allow_dir: bool = False) -> Path:
+    """Check that the file ``path`` can be written: not a folder, its folder writable.
+
+    Args:
+        path: the file that will be written (atomically: its folder must be writable).
+        what: how the message names it, e.g. ``"--out"``.
+        allow_dir: an existing folder at ``path`` is fine (artifacts that are folders,
+            e.g. a Core ML ``.mlpackage``, replace it).
+
+    Raises:
+        ConfigError: ``path`` is a folder, or its folder cannot be created or written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> ensure_writable_file(pathlib.Path(tempfile.mkdtemp()) / "m.onnx").name
+        'm.onnx'
+    """
+    p = Path(path)
+    if p.is_dir() and not allow_dir:
+        raise ConfigError(f"{what} {p} is a folder, not a file; give a file name")
+    problem = _folder_problem(p.parent)
+    if problem is not None:
+        where = "" if problem.startswith(":") else f": {p.parent}"
+        raise ConfigError(f"{what} {p}{where}{problem}; choose another path")
+    return p
+
+
+def _folder_problem(p: Path) -> str | None:
+    """Why ``p`` cannot be (created as) a writable folder, as a message tail; None if it can."""
+    for anc in (p, *p.parents):
+        if not os.path.lexists(anc):
+            continue
+        where = "" if anc == p else f": {anc}"
+        if not anc.is_dir():
+            return f"{where} is a file, not a folder"
+        if not os.access(anc, os.W_OK | os.X_OK):
+            why = "read-only file system" if _read_only(anc) else "permission denied"
+            return f"{where} is not writable ({why})"
+        return None
+    return None
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _make_dirs(folder: Path, target: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        problem = _folder_problem(folder)
+        if problem is None:
+            raise
+        where = "" if problem.startswith(":") else f": {folder}"
+        raise ConfigError(f"cannot write {target}{where}{problem}; choose another path") from None
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            raise _write_error(target, exc) from None
+        raise
+
+
+# -- what a failed write says ----------------------------------------------------------------
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                  getattr(errno, "EDQUOT", errno.ENOSPC)}
+_WHY = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+        errno.EFBIG: "file too large for this file system",
+        getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
+
+
+def _oserror_in(exc: BaseException) -> OSError | None:
+    """The full-disk / read-only / permission OSError in ``exc`` or its causes, if any."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in _OUTPUT_ERRNOS:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _write_error(target: Path, exc: OSError) -> OutputError:
+    why = _WHY.get(exc.errno, os.strerror(exc.errno or 0))
+    hint = ("free some space or write elsewhere" if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", 0))
+            else "write to another folder")
+    return OutputError(f"cannot write {target}: {why}; {hint}; nothing partial was left "
+                       f"and the old file, if any, is unchanged")
+
+
+def _no_room(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no space left for this user."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < _NO_ROOM_BYTES
+
+
+_NO_ROOM_BYTES = 1 << 20  # under 1 MiB free: a failed write there is a full disk
+
+
+# -- temporary files --------------------------------------------------------------------------
+_TMP_SUFFIX = ".tmp"
+_LEGACY_TMP_AGE_S = 60.0  # mkstemp names carry no pid: only older ones are surely abandoned
+
+
+def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writers of ``target`` left behind.
+
+    An atomic write's temporary is ``.NAME.p<pid>-<random>.tmp``; it is stale when that
+    process is gone (a live writer's temporary is never touched). Names from older
+    versions (``.NAME.<8 chars>.tmp``, no pid) are removed when over a minute old.
+
+    Returns:
+        The paths removed.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / ".m.onnx.p999999999-ab12cd34.tmp").write_bytes(b"")
+        >>> [p.name for p in remove_stale_temps(d / "m.onnx")]
+        ['.m.onnx.p999999999-ab12cd34.tmp']
+    """
+    t = Path(target)
+    pat = re.compile(rf"^\.{re.escape(t.name)}\.(?:p(\d+)-[0-9a-f]+|[A-Za-z0-9_]{{8}})"
+                     rf"{re.escape(_TMP_SUFFIX)}$")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(t.parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = pat.match(entry.name)
+        if m is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if m.group(1) is not None:
+                stale = not pid_alive(int(m.group(1)))
+            else:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > _LEGACY_TMP_AGE_S
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when that cannot be told).
+
+    Example:
+        >>> pid_alive(os.getpid()), pid_alive(999999999)
+        (True, False)
+    """
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the OS allows (Linux /proc).
+
+    Example:
+        >>> 0 <= current_umask() <= 0o777
+        True
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+# -- one run per output folder -------------------------------------------------------------
+LOCK_NAME = ".edgeopt.lock"
+_LOCK_EMPTY_AGE_S = 10.0  # a lock file still without its pid after this long is abandoned
+
+
+@contextmanager
+def dir_lock(folder: str | os.PathLike[str], what: str = "out_dir") -> Iterator[Path]:
+    """Hold ``folder/.edgeopt.lock`` while a run writes into ``folder``.
+
+    The lock file is created with ``O_EXCL`` and holds this process's pid and host. A
+    lock whose process is gone (killed run) is taken over; a live one is a ConfigError
+    naming the pid and the folder, so two runs never overwrite each other's checkpoints
+    while both report success. The folder is created (after :func:`ensure_writable_dir`).
+
+    Raises:
+        ConfigError: another live process holds the folder, or the folder cannot be written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> with dir_lock(d) as lock:
+        ...     lock.name
+        '.edgeopt.lock'
+        >>> (d / ".edgeopt.lock").exists()
+        False
+    """
+    d = ensure_writable_dir(folder, what)
+    _make_dirs(d, d / LOCK_NAME)
+    lock = d / LOCK_NAME
+    _acquire(lock, what)
+    try:
+        yield lock
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        owner = _lock_owner(lock)
+        if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == _HOST:
+            _unlink_quietly(lock)
+
+
+_HOST = socket.gethostname()
+
+
+def _lock_owner(lock: Path) -> dict | None:
+    try:
+        data = json.loads(lock.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _acquire(lock: Path, what: str) -> None:
+    body = json.dumps({"pid": os.getpid(), "host": _HOST, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None:
+                try:
+                    young = time.time() - lock.stat().st_mtime < _LOCK_EMPTY_AGE_S
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                if young:  # being written by a process that just took it
+                    raise ConfigError(f"{what} {lock.parent} is in use by another edgeopt run (it is "
+                                      f"starting); wait for it or choose another folder") from None
+            elif owner.get("host") != _HOST or pid_alive(owner["pid"]):
+                who = "this process" if owner["pid"] == os.getpid() and owner.get("host") == _HOST else (
+                    f"started {owner.get('started', '?')}" + ("" if owner.get("host") == _HOST
+                                                             else f" on {owner.get('host')}"))
+                raise ConfigError(
+                    f"{what} {lock.parent} is in use by another edgeopt run (pid {owner['pid']}, {who}); "
+                    f"wait for it to finish or choose another folder (if that process is gone, "
+                    f"delete {lock})"
+                ) from None
+            _unlink_quietly(lock)  # its process is gone (killed run): take it over
+            continue
+        except OSError as exc:
+            if exc.errno in _OUTPUT_ERRNOS:
+                raise _write_error(lock, exc) from None
+            raise
+        try:
+            os.write(fd, body.encode("utf-8"))
+        finally:
+            os.close(fd)
+        return
+    raise ConfigError(f"{what} {lock.parent}: cannot take {lock} (other runs keep taking it); "
+                      "choose another folder")
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

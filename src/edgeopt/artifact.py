@@ -87,6 +87,11 @@ def detect_format(path: str | Path) -> str:
         ('onnx', 'checkpoint')
     """
     suffix = Path(path).suffix.lower()
+    if suffix in (".pth", ".pt", ".th", ".bin", ".ckpt"):  # weights trained elsewhere
+        raise ArtifactError(
+            f"{path} is not an edgeopt checkpoint or artifact; bring it in first: edgeopt import "
+            f"{path} --model ARCH --preset imagenet|cifar10 (see edgeopt import --help)"
+        )
     try:
         return FORMATS[suffix]
     except KeyError:

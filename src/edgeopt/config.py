@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,18 @@ from typing import Any, TypeVar
 from edgeopt.errors import ConfigError, brief
 
 C = TypeVar("C", bound="Config")
+
+#: Upper bound of every thread-count setting. Fixed rather than derived from
+#: ``os.cpu_count()`` so that a recipe valid on one machine is valid on another; above the
+#: logical CPUs of any one machine edgeopt targets (a 2-socket, 192-core SMT server has
+#: 768), so only a typo exceeds it. torch/OpenMP and the runtimes start one OS thread per
+#: count: ``--threads 100000`` used to hang the process instead of failing.
+MAX_THREADS = 1024
+#: Upper bound of every batch-size setting (images per step or per timed call): 2**20,
+#: past the largest batches published for ImageNet training (~64k) and past every split
+#: edgeopt loads but ImageNet-train; a bigger value is a typo that would only fail later,
+#: in an allocation of gigabytes. What fits in memory is checked where the batch is built.
+MAX_BATCH_SIZE = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +71,24 @@ class Config:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(f"{type(self).__name__}.{name}={value!r} must be in {bounds}")
+
+    def _check_threads(self, name: str = "threads") -> None:
+        """A thread count (None allowed) in ``[1, MAX_THREADS]``, with why on failure."""
+        value = getattr(self, name)
+        if value is not None and not 1 <= value <= MAX_THREADS:
+            raise ConfigError(
+                f"{type(self).__name__}.{name}={value!r} must be in [1, {MAX_THREADS}] "
+                f"(threads per process; this machine has {os.cpu_count()} CPUs)"
+            )
+
+    def _check_batch_size(self, name: str = "batch_size", lo: int = 1) -> None:
+        """A batch size (None allowed) in ``[lo, MAX_BATCH_SIZE]``."""
+        value = getattr(self, name)
+        if value is not None and not lo <= value <= MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"{type(self).__name__}.{name}={value!r} must be in [{lo}, {MAX_BATCH_SIZE}] "
+                f"(images per batch); lower it"
+            )
 
     def _check_choice(self, name: str, choices: typing.Iterable[str]) -> None:
         value = getattr(self, name)

@@ -49,6 +49,11 @@ class UnsupportedModelError(EdgeoptError):
     """The model has a layer or shape that a backend cannot handle."""
 
 
+class UntrustedCodeError(EdgeoptError):
+    """A file (sidecar, config) names model code (``package.module:factory``) that the user
+    did not allow; files never make edgeopt import or run code."""
+
+
 class MissingDependencyError(EdgeoptError, ImportError):
     """An optional dependency is not installed; the message gives the pip command."""
 
@@ -63,6 +68,38 @@ class ArtifactError(EdgeoptError):
 
 class NumericalError(EdgeoptError):
     """NaN or Inf appeared in weights, inputs or the loss."""
+
+
+class EdgeoptWarning(UserWarning):
+    """Work went on, but a result may not mean what it seems (e.g. accuracy on one class).
+
+    The CLI prints these as one ``warning: message`` line on stderr.
+    """
+
+
+class OutputError(EdgeoptError, OSError):
+    """An output file cannot be written: the disk is full, the file system is read-only,
+    or permission is denied. Nothing partial is left and an older file is kept."""
+
+
+def note_interrupt(exc: BaseException, text: str, *, override: bool = False) -> None:
+    """Attach what an interrupted job kept (and how to continue) to a KeyboardInterrupt.
+
+    The innermost layer that knows says it (the Trainer: "re-run with --resume"); an outer
+    layer with other rules (the pipeline) may ``override`` it. The CLI prints it.
+
+    Example:
+        >>> e = KeyboardInterrupt(); note_interrupt(e, "interrupted: nothing was written")
+        >>> interrupt_note(e)
+        'interrupted: nothing was written'
+    """
+    if override or not getattr(exc, "edgeopt_note", None):
+        exc.edgeopt_note = text  # type: ignore[attr-defined]
+
+
+def interrupt_note(exc: BaseException) -> str | None:
+    """The note :func:`note_interrupt` attached, or None."""
+    return getattr(exc, "edgeopt_note", None)
 
 
 def require(module: str, extra: str, what: str):

@@ -22,9 +22,13 @@ from edgeopt.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(Config):
-    """Which dataset, and where it lives (None: the default search path)."""
+    """Which dataset, and where it lives (root None: the default search path).
 
-    name: str = "digits"
+    ``name`` None means "the dataset the model records" (its ModelSpec's ``dataset``); it is
+    filled in by :func:`resolve_dataset` for commands that start from a checkpoint or artifact.
+    """
+
+    name: str | None = "digits"
     root: str | None = None
     val_fraction: float = 0.1
     seed: int = 0
@@ -32,11 +36,14 @@ class DataConfig(Config):
 
     def validate(self) -> None:
         self._check_range("val_fraction", 0.0, 0.9)
-        if not self.name:
+        if self.name is not None and not self.name:
             raise ConfigError("DataConfig.name must not be empty")
 
     def load(self):
         from edgeopt.data import get_dataset
+
+        if self.name is None:
+            raise ConfigError("no dataset given: pass --data NAME (see `edgeopt datasets`)")
 
         return get_dataset(
             self.name, root=self.root, val_fraction=self.val_fraction, seed=self.seed,
@@ -57,8 +64,13 @@ class ModelConfig(Config):
             raise ConfigError("ModelConfig.name must not be empty")
 
     def build(self, spec):
+        """Build the model for ``spec`` (and load ``weights``). A config is data (it may come
+        from a file), so a ``package.module:factory`` name must be allowed by the user
+        (``--model`` on the command line, ``--trust-model-code``, edgeopt.models.trust)."""
         from edgeopt.models import create_model, load_weights_
+        from edgeopt.models.trust import check_model_code
 
+        check_model_code(self.name, "the model config")
         model = create_model(self.name, spec, **self.kwargs)
         if self.weights:
             load_weights_(model, self.weights)
@@ -78,10 +90,10 @@ class EvalConfig(Config):
 
     def validate(self) -> None:
         self._check_choice("split", ("val", "test"))
-        self._check_range("threads", 1, None)
+        self._check_threads("threads")
         self._check_range("latency_runs", 1, None)
         self._check_range("warmup", 0, None)
-        self._check_range("throughput_batch", 1, None)
+        self._check_batch_size("throughput_batch")
 
 
 def _from_dict_with_train(cls, data: dict[str, Any] | None):
@@ -192,18 +204,39 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     Returns:
         The results dict (the schema of ``edgeopt.evaluate.results``).
 
+    Raises:
+        ConfigError: ``out_dir`` is (under) a file or not writable (before any work), or
+            another live run is writing into it (``out_dir/.edgeopt.lock`` names its pid).
+
     Example:
         >>> from edgeopt.pipeline import RunConfig, run
         >>> results = run(RunConfig(out_dir="runs/demo"))  # doctest: +SKIP
     """
+    from edgeopt._io import dir_lock, ensure_writable_dir
+    from edgeopt.errors import note_interrupt
+
+    t0 = time.perf_counter()
+    out = ensure_writable_dir(cfg.out_dir, "out_dir")  # a bad folder fails before the data loads
+    try:
+        with dir_lock(out, "out_dir"):  # a second run into this folder would overwrite this one's files
+            return _run(cfg, out, t0)
+    except KeyboardInterrupt as exc:
+        kept = (out / "train" / "done.json").is_file() and not cfg.skip_training
+        note_interrupt(exc, (
+            f"interrupted: nothing partial was written; the finished training in {out / 'train'} is "
+            "reused when you re-run the same command" if kept else
+            "interrupted: nothing partial was written; re-run the same command to start again"
+        ), override=True)  # the Trainer's "--resume" does not apply to a run
+        raise
+
+
+def _run(cfg: RunConfig, out: Path, t0: float) -> dict[str, Any]:
+    """The body of :func:`run`, with ``out`` locked."""
     from edgeopt.evaluate import evaluate_variant, new_results, save_results
     from edgeopt.export import export_model
     from edgeopt.models import save_checkpoint
     from edgeopt.report import write_report
 
-    t0 = time.perf_counter()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = cfg.data.load()
     model, lineage = _train_or_load(cfg, data, out)
     model.eval()
@@ -290,48 +323,86 @@ def train_job(job: TrainJob):
     Returns:
         The Trainer's ``TrainResult`` (model, history, best_metric, best_path, last_path).
     """
+    from edgeopt._io import ensure_writable_dir
+    from edgeopt.models.trust import check_model_code
     from edgeopt.train import Trainer
 
+    # what can be refused without data is refused before the (possibly long) data load
+    if job.train.out_dir:
+        ensure_writable_dir(job.train.out_dir, "out_dir")
+    check_model_code(job.model.name, "the model config")
     data = job.data.load()
     model = job.model.build(data.spec)
     return Trainer(job.train).fit(model, data)
 
 
 def resolve_dataset(target: str | Path, data: DataConfig | None) -> DataConfig:
-    """The DataConfig to evaluate ``target`` on: the one given, or the dataset its spec names."""
-    if data is not None:
+    """The DataConfig to evaluate ``target`` on: the one given, or the dataset its spec names.
+
+    A DataConfig without a name (``--data-root`` alone) takes the name from the target's
+    ModelSpec, keeping its root.
+    """
+    if data is not None and data.name is not None:
         return data
     from edgeopt.artifact import Artifact
 
     spec = Artifact.load(target).spec
     if not spec.dataset:
         raise ConfigError(f"{target} does not record its dataset; pass --data")
-    return DataConfig(name=spec.dataset)
+    return dataclasses.replace(data, name=spec.dataset) if data is not None else DataConfig(name=spec.dataset)
+
+
+def load_data_for(target: str | Path, data: DataConfig | None = None, *, resize: bool = False):
+    """Load the data to feed ``target`` (a checkpoint or artifact) with the target's own
+    preprocessing: its ModelSpec's mean/std, classes and size win over the dataset's.
+
+    Args:
+        target: a checkpoint (``.safetensors``) or an artifact file with a sidecar.
+        data: the dataset (None, or a DataConfig without a name: the one the target records).
+        resize: resize images of another size to the target's (else that is a DataError).
+
+    Returns:
+        A DataModule whose ``spec`` is the target's (see :func:`edgeopt.data.data_for_model`).
+
+    Raises:
+        DataError: the data's channels, classes, class names or size do not fit the target.
+    """
+    from edgeopt.artifact import Artifact
+    from edgeopt.data import data_for_model
+
+    art = Artifact.load(target)
+    dm = resolve_dataset(target, data).load()
+    spec = art.spec
+    if (art.meta or {}).get("guessed_from") == "onnx graph shapes":
+        # A bare ONNX file records no preprocessing: its mean 0 / std 1 is a guess, not the
+        # model's. Feed it the dataset's normalisation and say so (ArtifactWarning from load).
+        import warnings
+
+        from edgeopt.artifact import ArtifactWarning
+
+        spec = dataclasses.replace(dm.spec, input_shape=spec.input_shape)
+        warnings.warn(
+            f"{Path(target).name} records no preprocessing; fed with {dm.name}'s mean/std "
+            f"{dm.spec.mean}/{dm.spec.std}. Record the model's own with `edgeopt import "
+            f"{Path(target).name} --mean ... --std ...`", ArtifactWarning, stacklevel=2)
+    return data_for_model(dm, spec, where=Path(target).name, resize=resize)
 
 
 def evaluate_path(
     target: str | Path, data: DataConfig | None = None, runtime: str | None = None,
-    cfg: EvalConfig | None = None, *, progress: bool = True,
+    cfg: EvalConfig | None = None, *, progress: bool = True, resize: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint or artifact file: accuracy, latency, size, memory, energy.
+
+    The data is fed with the target's own preprocessing (:func:`load_data_for`).
 
     Returns:
         One variant row of the results schema.
     """
     from edgeopt.evaluate import evaluate_variant
 
-    from edgeopt.artifact import Artifact
-    from edgeopt.errors import ArtifactError
-
     cfg = cfg or EvalConfig()
-    dm = resolve_dataset(target, data).load()
-    spec = Artifact.load(target).spec
-    if tuple(spec.input_shape) != tuple(dm.spec.input_shape):  # fail before any work starts
-        raise ArtifactError(
-            f"{Path(target).name} expects images of shape {tuple(spec.input_shape)} "
-            f"({spec.dataset or 'its training data'}) but {dm.name} gives {tuple(dm.spec.input_shape)}; "
-            f"pass --data {spec.dataset or 'with the right dataset'}"
-        )
+    dm = load_data_for(target, data, resize=resize)  # fails before any work on a mismatch
     model = None
     if str(target).endswith(".safetensors"):
         from edgeopt.models import load_checkpoint
@@ -346,7 +417,7 @@ def evaluate_path(
 
 def export_path(
     checkpoint: str | Path, fmt: str, out: str | Path | None = None, data: DataConfig | None = None,
-    *, verify: bool = True, n_samples: int = 256, config: Any = None,
+    *, verify: bool = True, n_samples: int = 256, config: Any = None, resize: bool = False,
 ):
     """Export a checkpoint to ``fmt`` and verify parity on real samples of its dataset.
 
@@ -360,6 +431,6 @@ def export_path(
     model, _ = load_checkpoint(checkpoint)
     out = Path(out) if out else Path(checkpoint).with_suffix(exporter.suffix)
     samples = None
-    if verify:
-        samples, _ = resolve_dataset(checkpoint, data).load().samples(n_samples, split="test")
+    if verify:  # parity samples normalised the way the model expects (its own spec)
+        samples, _ = load_data_for(checkpoint, data, resize=resize).samples(n_samples, split="test")
     return export_model(model, fmt, out, config, samples=samples, verify=verify)

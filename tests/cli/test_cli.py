@@ -8,14 +8,7 @@ import sys
 
 import pytest
 import yaml
-
-from edgeopt.cli import main
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from _cli import run_cli
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -120,7 +113,8 @@ def test_artifact_whose_input_shape_does_not_match_the_data_is_one_line(capsys, 
                        samples=digits.samples(32)[0]).artifact
     code, _, err = run_cli(capsys, "eval", str(art.path), "--data", "synthetic", "--no-memory")  # 3x16x16
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("ArtifactError"), err
+    # the data does not fit the model: edgeopt.data.data_for_model says how
+    assert err.startswith("DataError") and "takes 1-channel images" in err, err
 
 
 def test_missing_extra_prints_the_pip_command(capsys, tmp_path, monkeypatch):

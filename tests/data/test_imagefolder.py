@@ -81,6 +81,28 @@ def test_resize_to_first_image_and_grey(tmp_path, make_tree):
     assert dmg.spec.input_shape == (1, 10, 12) and len(dmg.spec.mean) == 1
 
 
+def test_one_grey_image_sorted_first_does_not_turn_a_colour_folder_grey(tmp_path, make_tree, colour_of):
+    from edgeopt.errors import EdgeoptWarning
+
+    root = make_tree(tmp_path / "t", {"train": 2, "test": 1})  # 9 RGB images
+    Image.new("RGB", (12, 10), colour_of(0)).convert("L").save(root / "train" / "cat" / "000.png")
+    with pytest.warns(EdgeoptWarning, match=r"^1 of 10 images of .* are grey and were converted to RGB"):
+        dm = get_dataset(f"imagefolder:{root}", val_fraction=0)
+    assert dm.spec.input_shape == (3, 10, 12)  # the majority's mode, not the first image's
+    px = [tuple(p) for p in dm.train.images[:, :, 0, 0].tolist()]
+    grey_value = Image.new("RGB", (1, 1), colour_of(0)).convert("L").getpixel((0, 0))
+    assert px.count((grey_value,) * 3) == 1  # cat/000.png: its grey replicated to 3 channels
+    assert px.count(colour_of(0)) == 2 and px.count(colour_of(1)) == 2  # colours kept exactly
+    with pytest.warns(EdgeoptWarning, match="1 of 10"):  # said again when read from the cache
+        get_dataset(f"imagefolder:{root}", val_fraction=0)
+    # the reverse: mostly grey, one colour image -> grey, with the count
+    grey = make_tree(tmp_path / "g", {"train": 2, "test": 1}, mode="L")
+    Image.new("RGB", (12, 10), (200, 10, 10)).save(grey / "test" / "dog" / "99.png")
+    with pytest.warns(EdgeoptWarning, match=r"^1 of 10 images .* are colour and were converted to grey"):
+        dmg = get_dataset(f"imagefolder:{grey}", val_fraction=0)
+    assert dmg.spec.input_shape == (1, 10, 12)
+
+
 def test_val_only_is_the_test_split_and_val_plus_test_are_kept(tmp_path, make_tree):
     only_val = make_tree(tmp_path / "a", {"train": 4, "val": 2})
     dm = get_dataset(f"imagefolder:{only_val}", val_fraction=0.25)

@@ -45,6 +45,21 @@ def test_no_top5_with_fewer_than_five_classes(fixed_runner):
     assert r.top1 == 0.5 and r.top5 is None
 
 
+def test_a_split_of_one_class_warns_that_accuracy_measures_nothing(fixed_runner):
+    import warnings
+
+    from edgeopt.errors import EdgeoptWarning
+
+    always_0 = np.tile(np.array([[1, 0, 0]], np.float32), (4, 1))  # answers class 0 for every image
+    with pytest.warns(EdgeoptWarning, match=r"accuracy on split 'test' measures nothing: all 4 images "
+                                            r"are of one class \('0'\)"):
+        r = evaluate_accuracy(fixed_runner(always_0), _batches([0, 0, 0, 0]))
+    assert r.top1 == 1.0  # "100 %", which is why it warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EdgeoptWarning)  # two classes: no warning
+        evaluate_accuracy(fixed_runner(always_0), _batches([0, 1, 0, 0]))
+
+
 def test_class_names_come_from_the_datamodule(fixed_runner):
     from edgeopt.spec import ModelSpec
 

@@ -71,3 +71,41 @@ def test_fixed_thread_runtime_refuses_another_count(spec16):
 def test_bad_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         LatencyConfig(**kwargs)
+
+
+def test_thread_and_batch_bounds(spec16):
+    with pytest.raises(ConfigError, match=r"threads=100000 must be in \[1, 1024\]"):
+        LatencyConfig(threads=100_000)
+    with pytest.raises(ConfigError, match=r"batch_size=1000000000 must be in \[1, 1048576\]"):
+        measure_latency(CountingRunner(), spec16, batch_size=10**9)
+
+
+def test_a_batch_larger_than_memory_is_refused_before_allocating(spec16, monkeypatch):
+    import edgeopt._oom as oom
+
+    monkeypatch.setattr(oom, "physical_memory", lambda: 2**30)  # a 1 GiB machine
+    runner = CountingRunner()
+    # 2**20 images of 3x16x16 float32 = 3 GiB
+    with pytest.raises(ConfigError, match=r"^timing counting: batch_size=1048576 needs 3.0 GiB for its "
+                                          r"input alone, more than this machine's 1.0 GiB of memory; "
+                                          r"lower --batch-size$"):
+        measure_latency(runner, spec16, batch_size=2**20)
+    assert runner.shapes == []  # nothing was run
+
+
+def test_out_of_memory_while_running_is_one_line(spec16):
+    class Hungry(CountingRunner):
+        def predict(self, x):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                               "25769803776 bytes. Error code 12 (Cannot allocate memory)")
+
+    with pytest.raises(ConfigError, match=r"^timing counting: batch_size=64 does not fit in memory "
+                                          r"\(RuntimeError: DefaultCPUAllocator.*\); lower --batch-size$"):
+        measure_throughput(Hungry(), spec16, batch_size=64, runs=2)
+
+    class Broken(CountingRunner):
+        def predict(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors pass through
+        measure_throughput(Broken(), spec16, batch_size=64, runs=2)

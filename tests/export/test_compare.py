@@ -115,3 +115,36 @@ def test_cli_bench_compare_needs_a_checkpoint(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"x")
     assert main(["bench", str(tmp_path / "m.onnx"), "--compare"]) == 2
     assert "needs a checkpoint" in capsys.readouterr().err
+
+
+def test_require_success_needs_one_format_that_ran_and_matched():
+    from edgeopt.errors import ExportMismatchError, MissingDependencyError, UnsupportedModelError
+    from edgeopt.export.compare import _row, require_success
+
+    torch_row = _row("torch", "module")
+    ok = _row("onnx", "onnx", parity_passed=True)
+    nan = {"max_abs_diff": float("inf"), "top1_agreement": 0.1}
+    bad = _row("torchscript", "torchscript", parity_passed=False, parity=nan)
+    failed = _row("tflite", "tflite", status="failed", reason="UnsupportedModelError: layer x")
+    skipped = _row("openvino", "openvino", status="skipped", reason="MissingDependencyError: pip install")
+    require_success([torch_row, bad, ok])  # one success is enough
+    with pytest.raises(ExportMismatchError, match=r"^no format exported, ran here and matched torch eager "
+                                                  r"for m: torchscript: parity FAIL \(max abs diff inf, "
+                                                  r"top-1 agreement 10.0%\); tflite: failed"):
+        require_success([torch_row, bad, failed], "m")
+    with pytest.raises(MissingDependencyError, match="openvino: skipped"):
+        require_success([torch_row, skipped])
+    with pytest.raises(UnsupportedModelError, match=r"tflite: failed \(UnsupportedModelError: layer x\)"):
+        require_success([torch_row, failed, skipped])
+
+
+def test_nan_weights_are_refused_before_any_export(digits_data, tmp_path):
+    from edgeopt.errors import NumericalError
+
+    model = create_model("simple_cnn", digits_data.spec)
+    with torch.no_grad():
+        model.features[0][1].running_var[3] = float("inf")
+    with pytest.raises(NumericalError, match=r"^cannot compare runtimes: tensor 'features.0.1.running_var' "
+                                             r"\[32\] holds 0 NaN and 1 Inf of 32 values"):
+        compare_runtimes(model, digits_data, tmp_path / "arts", formats=["torchscript"])
+    assert not (tmp_path / "arts").exists() or not any((tmp_path / "arts").iterdir())

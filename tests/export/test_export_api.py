@@ -107,7 +107,8 @@ def test_forced_mismatch_names_worst_sample(tiny_model, digits_x, tmp_path):
     with pytest.raises(ExportMismatchError) as e:
         rep.raise_if_failed()
     msg = e.value.one_line()
-    assert f"sample {s}, class 3" in msg and "max abs diff" in msg and "> 0.0001" in msg and "\n" not in msg
+    assert f"sample {s}, class 3" in msg and "max abs diff" in msg and "\n" not in msg
+    assert "= atol 0.0001 + rtol 1e-05 x max |logit|" in msg
 
 
 _W = torch.linspace(0.0, 1.0, 64)  # pixel weights: a per-image number that rarely ties
@@ -127,7 +128,7 @@ class _DiffersInExport(nn.Module):
         return y
 
 
-def test_export_mismatch_raises_and_removes_file(digits_data, digits_x, tmp_path):
+def test_export_mismatch_raises_and_keeps_the_file_marked_failed(digits_data, digits_x, tmp_path):
     m = attach_spec(_DiffersInExport(), digits_data.spec).eval()
     cfg = OnnxExportConfig(dynamo=False, check_batches=())  # straight to the real-sample parity
     with pytest.raises(ExportMismatchError) as e:
@@ -137,8 +138,10 @@ def test_export_mismatch_raises_and_removes_file(digits_data, digits_x, tmp_path
     assert top2[0] - top2[1] > 1e-3  # a unique worst sample, far above float noise
     worst = int(bump.argmax())
     msg = e.value.one_line()
-    assert f"worst output: sample {worst}," in msg and "removed m.onnx" in msg
-    assert list(tmp_path.iterdir()) == []
+    assert f"worst output: sample {worst}," in msg and f"kept {tmp_path / 'm.onnx'}" in msg and "\n" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.edgeopt.json"]
+    side = json.loads((tmp_path / "m.onnx.edgeopt.json").read_text())["meta"]
+    assert side["status"] == "parity failed" and side["parity"]["passed"] is False
     # verify=False keeps the file and reports the failure instead of raising
     res = export_model(m, "onnx", tmp_path / "m.onnx", cfg, samples=digits_x, verify=False)
     assert not res.parity.passed and res.parity.worst_sample == worst
@@ -226,7 +229,11 @@ def test_verify_parity_tolerance_forms(tiny_model, digits_x, tmp_path):
     art = export_model(tiny_model, "onnx", tmp_path / "m.onnx", FAST).artifact
     assert verify_parity(tiny_model, art, digits_x, tolerance=0.0).thresholds["max_abs"] == 0.0
     rep = verify_parity(tiny_model, str(art.path), (digits_x, None), tolerance={"min_cosine": 0.999})
-    assert rep.passed and rep.thresholds == {"max_abs": None, "max_rel": None, "min_cosine": 0.999, "min_top1": None}
+    # a dict overrides some of the precision's criteria and keeps the others
+    assert rep.passed and rep.thresholds == {"rtol": 1e-5, "atol": 1e-4, "max_abs": None, "max_rel": None,
+                                             "min_cosine": 0.999, "min_top1": 1.0}
+    with pytest.raises(ConfigError, match="rtl"):
+        verify_parity(tiny_model, art, digits_x, tolerance={"rtl": 1e-3})
     with pytest.raises(ConfigError, match="tolerance"):
         verify_parity(tiny_model, art, digits_x, tolerance="tight")
     with pytest.raises(ArtifactError, match=r"expects input of shape \[N, 1, 8, 8\]"):
@@ -248,3 +255,31 @@ def test_dynamo_export_is_one_self_contained_file(tmp_path):
         t.data_location == onnx.TensorProto.DEFAULT for t in proto.graph.initializer
     )
     assert json.loads({p.key: p.value for p in proto.metadata_props}["edgeopt.spec"])["num_classes"] == 3
+
+
+def test_nan_weights_are_a_numerical_error_not_an_export_mismatch(tiny_model, digits_x, tmp_path):
+    from edgeopt.errors import NumericalError
+
+    with torch.no_grad():
+        tiny_model[0].weight[2, 0, 1, 1] = float("nan")
+    with pytest.raises(NumericalError, match=r"^cannot export to onnx: tensor '0.weight' \[8, 1, 3, 3\] "
+                                             r"holds 1 NaN and 0 Inf of 72 values"):
+        export_model(tiny_model, "onnx", tmp_path / "m.onnx", FAST, samples=digits_x)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_inf_eager_outputs_on_the_samples_are_a_numerical_error(digits_data, digits_x, tmp_path):
+    from edgeopt.errors import NumericalError
+
+    class Overflow(nn.Module):  # finite weights, but float32 overflows on real inputs
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * 1e38 * 1e38
+
+    m = attach_spec(Overflow(), digits_data.spec).eval()
+    with pytest.raises(NumericalError, match=r"the PyTorch model itself outputs NaN/Inf on 8 of the first 8 "
+                                             r"samples \(its weights are finite"):
+        export_model(m, "onnx", tmp_path / "m.onnx", FAST, samples=digits_x)

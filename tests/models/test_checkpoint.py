@@ -258,6 +258,63 @@ def test_malicious_pickle_refused(tmp_path, how):
     assert not marker.exists()
 
 
+def test_malicious_pickle_message_never_advises_weights_only_false(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"weight": _Evil(tmp_path / "pwned.txt")}}, p)
+    with pytest.raises(ModelLoadError) as info:
+        load_weights_(nn.Linear(2, 2), p)
+    msg = str(info.value)
+    assert msg.startswith(f"refused to load {p} for safety: it is not a plain weights file")
+    assert "loading it needs exec," in msg and "\n" not in msg
+    assert "weights_only=False" not in msg and "safe_globals" not in msg
+
+
+def test_a_pickle_renamed_safetensors_is_one_line(tmp_path):
+    """torch.load reads any *.safetensors path as safetensors: a torch.save file renamed so
+    failed with safetensors' "header too large" traceback (issue 9)."""
+    p = tmp_path / "x.safetensors"
+    torch.save({"a": torch.zeros(2)}, p)
+    with pytest.raises(ModelLoadError, match=r"is not a safetensors file: it is a PyTorch "
+                       r"torch.save file \(a pickle\).*edgeopt import") as info:
+        load_weights_(nn.Linear(2, 2), p)
+    assert "header too large" not in str(info.value) and "\n" not in str(info.value)
+    # the same bytes named .pt load (weights only): the kind comes from the bytes
+    torch.save(nn.Linear(2, 2).state_dict(), p)
+    p.rename(tmp_path / "x.pt")
+    assert load_weights_(nn.Linear(2, 2), tmp_path / "x.pt").weight.shape == (2, 2)
+
+
+def test_a_pickle_renamed_safetensors_beside_a_valid_sidecar(tmp_path):
+    import hashlib
+
+    ckpt = save_checkpoint(tmp_path / "m", create_model("simple_cnn", GREY8))
+    torch.save(create_model("simple_cnn", GREY8).state_dict(), ckpt)  # same name, pickle bytes
+    side = json.loads(ckpt.with_suffix(".json").read_text())
+    side["sha256"] = hashlib.sha256(ckpt.read_bytes()).hexdigest()  # the sidecar vouches for it
+    ckpt.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(ModelLoadError, match="is not a safetensors file"):
+        load_checkpoint(ckpt)
+
+
+def test_torchvision_mnasnet_round_trips(tmp_path):
+    """MNASNet's _load_from_state_dict needs the module version (state_dict._metadata), which
+    safetensors does not store: loading failed with "version should be set to 1 or 2"."""
+    spec = ModelSpec((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    model = create_model("tv:mnasnet0_5", spec).eval()
+    _randomise_bn(model)
+    path = save_checkpoint(tmp_path / "mnas", model)
+    loaded, _ = load_checkpoint(path, arch=create_model("tv:mnasnet0_5", spec))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.eval()(x))
+    # a torch file keeps its own versions (saved with the state_dict)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "mnas.pt")
+    again = load_weights_(create_model("tv:mnasnet0_5", spec), tmp_path / "mnas.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
 def test_non_tensor_state_is_not_a_checkpoint(tmp_path):
     class WithExtraState(nn.Linear):
         def get_extra_state(self):
@@ -303,3 +360,20 @@ def test_save_killed_between_renames_still_loads_the_new_weights(tmp_path):
     assert side["metrics"] == {"v": 2}
     x = spec.example_input(4)
     assert torch.equal(model(x), new_model.eval()(x))
+
+
+def test_check_finite_weights_names_the_tensor_and_allows_mask_buffers():
+    from edgeopt.errors import NumericalError
+    from edgeopt.models.weights import check_finite_weights
+
+    m = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    m.register_buffer("mask", torch.tensor([0.0, float("-inf")]))  # -inf on purpose: accepted
+    check_finite_weights(m, "export")
+    m[1].running_var[1] = float("inf")  # a broken batch-norm statistic is not
+    with pytest.raises(NumericalError, match=r"^cannot export: tensor '1.running_var' \[2\] holds 0 NaN and 1 Inf"):
+        check_finite_weights(m, "export")
+    m[1].running_var[1] = 1.0
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError, match=r"tensor '0.weight' \[2, 2\] holds 1 NaN and 0 Inf of 4 values"):
+        check_finite_weights(m, "export")

@@ -96,12 +96,15 @@ def test_user_factory(user_pkg, tmp_path):
     assert m.conv.in_channels == 1 and m.conv.out_channels == 4 and m.fc.out_features == 10
     assert m.edgeopt_arch == {"name": "mynets.tiny:build", "kwargs": {"hidden": 4}}
     assert m(GREY32.example_input(2)).shape == (2, 10)
-    # a class works as the factory too, and the checkpoint rebuilds it by name
+    # a class works as the factory too, and the checkpoint rebuilds it by name once the
+    # user allows that code (the sidecar alone may not: see tests/models/test_trust.py)
     c = create_model("mynets.tiny:Tiny", RGB32).eval()
-    c2, _ = load_checkpoint(save_checkpoint(tmp_path / "user", c))
+    path = save_checkpoint(tmp_path / "user", c)
     x = RGB32.example_input(2)
-    with torch.no_grad():
-        assert torch.equal(c(x), c2(x))
+    for kwargs in ({"trust_model_code": True}, {"arch": "mynets.tiny:Tiny"}):
+        c2, _ = load_checkpoint(path, **kwargs)
+        with torch.no_grad():
+            assert torch.equal(c(x), c2(x))
 
 
 def test_user_factory_without_args_gets_none(user_pkg):
@@ -118,3 +121,11 @@ def test_user_factory_errors(user_pkg):
         create_model("mynets.tiny:missing", RGB32)
     with pytest.raises(ConfigError, match="failed"):
         create_model("mynets.tiny:build", RGB32, depth=3)
+
+
+def test_timm_factory_gets_in_chans_on_grey_data():
+    """timm spells the input channels in_chans and hides it behind **kwargs."""
+    pytest.importorskip("timm")
+    m = create_model("timm.models:mobilenetv3_small_050", GREY32).eval()
+    assert m.conv_stem.in_channels == 1
+    assert m(GREY32.example_input(2)).shape == (2, 10)

@@ -26,6 +26,8 @@ EXPECTED = {
     "mobilenetv2_teacher": (4_200_000, 0.05),
     "mobilenetv2_student": (1_800_000, 0.05),
     "resnet20": (270_000, 0.02),  # paper: 0.27M
+    "resnet32": (460_000, 0.02),  # paper: 0.46M
+    "resnet44": (660_000, 0.02),  # paper: 0.66M
     "resnet56": (850_000, 0.02),  # paper: 0.85M
     "resnet18": (11_173_962, 0.0),  # torchvision 11,181,642 minus 7x7 stem plus 3x3 stem
 }
@@ -128,7 +130,7 @@ def test_num_classes_and_channels_follow_spec():
 
 def test_bad_names_and_kwargs():
     with pytest.raises(ConfigError, match="Did you mean 'resnet20'"):
-        create_model("resnet21", RGB32)
+        create_model("resnet_20", RGB32)
     with pytest.raises(ConfigError, match="width_mult"):
         create_model("resnet20", RGB32, width_mult=0.5)
     with pytest.raises(ConfigError, match="disagrees with the ModelSpec"):

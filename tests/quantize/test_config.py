@@ -15,6 +15,8 @@ from edgeopt.quantize import QuantConfig
     ({"qat_lr": True}, "qat_lr must be a number"),
     ({"keep_float": "fc"}, "keep_float must be a list, got 'fc'"),
     ({"method": "int4"}, "must be one of static, dynamic, qat"),
+    ({"max_drop": -1.0}, r"max_drop=-1.0 must be in \[0, 100\] accuracy points"),  # was accepted
+    ({"qat_batch_size": 10**9}, r"qat_batch_size=1000000000 must be in \[1, 1048576\]"),
 ])
 def test_wrong_types_are_one_line_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message) as e:

@@ -2,7 +2,8 @@
 
 The scan measures every Conv/Linear layer of simple_cnn in the fake-quant simulation (output
 SQNR measured 48.8-53.2 dB). Mixed precision is checked at its two extremes: a budget no
-configuration meets keeps every layer float (the artifact is fp32), a large budget keeps none.
+configuration meets (zero loss with median-clipped activation ranges) keeps every layer float
+(the artifact is fp32), a large budget keeps none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 import pytest
 
+from edgeopt.errors import ConfigError
 from edgeopt.quantize._base import quantize
 from edgeopt.quantize.config import QuantConfig
 from edgeopt.quantize.layers import quantizable_layers
@@ -51,13 +53,19 @@ def test_scan_sensitivity(digits_cnn, digits_data, tmp_path):
     assert (tmp_path / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_negative_max_drop_is_a_valid_config():
-    assert QuantConfig(max_drop=-100.0).max_drop == -100.0
+@pytest.mark.parametrize("bad", [-0.01, -100.0, 100.5, float("nan")])
+def test_max_drop_outside_0_100_points_is_a_config_error(bad):
+    # a negative budget asked int8 to beat fp32: only all-float met it, silently
+    with pytest.raises(ConfigError, match=r"max_drop=.* must be in \[0, 100\]"):
+        QuantConfig(max_drop=bad)
 
 
 def test_mixed_precision_budget_no_layer_meets_keeps_all_float(digits_cnn, digits_data, tmp_path):
-    # int8 can never be 100 points *better* than float: no k < 5 meets the budget
-    res = quantize(digits_cnn, QuantConfig(max_drop=-100.0), digits_data, tmp_path / "m", progress=False)
+    # A zero budget with activation ranges clipped at their median (percentile 50, the
+    # coarsest allowed): every int8 layer input loses half its range, so every
+    # configuration with an int8 layer loses accuracy and no k < 5 meets the budget.
+    cfg = QuantConfig(max_drop=0.0, calibration="percentile", percentile=50.0)
+    res = quantize(digits_cnn, cfg, digits_data, tmp_path / "m", progress=False)
     mp = res.meta["mixed_precision"]
     assert mp["all_float"] is True
     assert mp["kept_float"] == LAYERS and res.float_layers == LAYERS
@@ -65,8 +73,8 @@ def test_mixed_precision_budget_no_layer_meets_keeps_all_float(digits_cnn, digit
     assert res.warnings == ["no int8 configuration met max_drop; the artifact is float"]
     # the bisection over k = layers kept float: 0 fails, then 2, 3, 4 fail, so k = 5
     assert [t["k"] for t in mp["tried"]] == [0, 2, 3, 4]
-    assert all(t["drop"] > -100.0 for t in mp["tried"])
-    assert mp["max_drop"] == -100.0 and mp["samples"] == 143 and mp["split"] == "val"
+    assert all(t["drop"] > 0.0 for t in mp["tried"])
+    assert mp["max_drop"] == 0.0 and mp["samples"] == 143 and mp["split"] == "val"
     # the float file costs size against the all-int8 one (measured 3.82x)
     assert mp["cost"]["size_ratio"] > 3.0
     assert mp["cost"]["size_bytes_chosen"] == res.artifact.size_bytes

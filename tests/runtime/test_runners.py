@@ -241,3 +241,13 @@ def test_artifact_validation_and_sidecar_roundtrip(tiny_onnx, tmp_path):
         Artifact(tmp_path / "gone.onnx", "onnx", tiny_onnx.spec).save_sidecar()
     with pytest.raises(ArtifactError, match="is a sidecar"):
         Artifact.load(side)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1025, 100_000])
+def test_thread_counts_outside_1_to_1024_are_refused(threads):
+    """--threads 100000 hung the process (one OS thread per count); 0 was accepted."""
+    from edgeopt.runtime import check_threads
+
+    with pytest.raises(ConfigError, match=rf"threads={threads} must be"):
+        check_threads(threads)
+    assert check_threads(1024) == 1024

@@ -22,11 +22,22 @@ from edgeopt.train import LRSchedule, TrainConfig, build_optimizer, build_schedu
         {"nesterov": True, "optimizer": "adamw"}, {"early_stop_patience": 0},
         {"max_steps_per_epoch": 0}, {"checkpoint_every_steps": -1}, {"epochs": 2.5},
         {"epochs": True}, {"eval_every": 0}, {"gamma": 2.0},
+        {"threads": 0}, {"threads": 100_000}, {"batch_size": 10**9},
     ],
 )
 def test_bad_values_raise_config_error(changes):
     with pytest.raises(ConfigError):
         TrainConfig(**changes)
+
+
+def test_thread_and_batch_bounds_are_named():
+    from edgeopt.config import MAX_BATCH_SIZE, MAX_THREADS
+
+    assert TrainConfig(threads=MAX_THREADS, batch_size=MAX_BATCH_SIZE).threads == 1024
+    with pytest.raises(ConfigError, match=r"^TrainConfig.threads=100000 must be in \[1, 1024\]"):
+        TrainConfig(threads=100_000)  # used to hang: one OS thread per count
+    with pytest.raises(ConfigError, match=r"^TrainConfig.batch_size=1000000000 must be in \[1, 1048576\]"):
+        TrainConfig(batch_size=10**9)
 
 
 def test_from_dict_rejects_unknown_keys_and_wrong_types():
@@ -87,3 +98,23 @@ def test_state_rng_roundtrip_is_weights_only(tmp_path):
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_malicious_train_state_is_refused_for_safety_without_torchs_advice(tmp_path):
+    import os
+
+    from edgeopt.errors import ModelLoadError
+    from edgeopt.train.state import STATE_VERSION, load_train_state
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo PWNED",))
+
+    torch.save({"version": STATE_VERSION, "epoch": 1, "x": Evil()}, tmp_path / "train_state.pt")
+    with pytest.raises(ModelLoadError) as info:
+        load_train_state(tmp_path)
+    msg = str(info.value)
+    assert msg.startswith(f"refused to load {tmp_path / 'train_state.pt'} for safety: it is not a "
+                          f"plain weights file (loading it needs posix.system")
+    assert "delete it" in msg and "\n" not in msg
+    assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg

@@ -207,6 +207,49 @@ def test_resume_after_finish_extends_to_more_epochs(tiny_model, synthetic_data, 
     assert [r["epoch"] for r in res.history] == [1, 2]
 
 
+def test_resume_with_fewer_epochs_than_run_is_refused_and_changes_nothing(tiny_model, synthetic_data,
+                                                                          tmp_path):
+    c = cfg(epochs=2, out_dir=str(tmp_path), max_steps_per_epoch=2)
+    Trainer(c).fit(tiny_model(), synthetic_data)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+    with pytest.raises(ConfigError, match=r"cannot resume .* with epochs=1: that run has run 2 "
+                                          r"epoch\(s\); resume with --epochs 2 or more"):
+        Trainer(c.replace(epochs=1, resume=True)).fit(tiny_model(), synthetic_data)
+    after = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+    assert after == before  # the finished run's lineage is not rewritten
+
+
+def test_one_class_is_refused_and_a_one_class_split_warns(synthetic_data, tiny_model):
+    from edgeopt.data._module import DataModule, Split
+    from edgeopt.errors import DataError, EdgeoptWarning
+    from edgeopt.spec import ModelSpec, attach_spec
+
+    d = synthetic_data
+    def zeros(s):
+        return Split(s.images, torch.zeros_like(s.labels))
+
+    one = ModelSpec(d.spec.input_shape, 1, d.spec.mean, d.spec.std, class_names=("cat",))
+    dm1 = DataModule("one", one, zeros(d.train), zeros(d.val), zeros(d.test))
+    with pytest.raises(DataError, match=r"has 1 class \(cat\): a classifier needs at least 2"):
+        Trainer(cfg(epochs=1)).fit(attach_spec(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(768, 1)),
+                                               one), dm1)
+    # 10 classes, but the train split holds only class 0: it trains, with a warning
+    dm = DataModule("skewed", d.spec, zeros(d.train), d.val, d.test)
+    with pytest.warns(EdgeoptWarning, match=r"the train split of 'skewed' holds only class 'class0'"):
+        Trainer(cfg(epochs=1, max_steps_per_epoch=1)).fit(tiny_model(), dm)
+
+
+def test_out_of_memory_in_a_step_is_one_line_naming_the_batch_size(tiny_model, synthetic_data, monkeypatch):
+    def oom(self, x, y):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 256000000000 bytes")
+
+    monkeypatch.setattr(Trainer, "training_step", oom)
+    with pytest.raises(ConfigError, match=r"^training: batch_size=64 does not fit in memory "
+                                          r"\(RuntimeError: .*\); lower --batch-size$"):
+        Trainer(cfg(epochs=1)).fit(tiny_model(), synthetic_data)
+
+
 def test_resume_without_state_starts_fresh_with_a_warning(tiny_model, synthetic_data, tmp_path, capsys):
     res = Trainer(cfg(epochs=1, out_dir=str(tmp_path), resume=True)).fit(tiny_model(), synthetic_data)
     assert len(res.history) == 1

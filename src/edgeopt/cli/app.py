@@ -29,6 +29,29 @@ DataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset: digits,
 DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the dataset files (default: search $EDGEOPT_DATA, ~/.cache/edgeopt, system folders).")]
 DownloadOpt = Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download the dataset with torchvision if it is not found locally.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Inference threads (set explicitly for honest latency).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-model-code", help="Allow the package.module:factory a checkpoint or config names to be imported and run (files never run code otherwise; see also EDGEOPT_TRUSTED_MODULES).")]
+ResizeOpt = Annotated[bool, typer.Option("--resize", help="Resize images of another size to the model's input size (bilinear, antialiased) instead of refusing the data.")]
+RtolOpt = Annotated[Optional[float], typer.Option("--rtol", help="Parity: relative tolerance; passes when max |diff| <= atol + rtol x max |logit| (default per precision: fp32 1e-5, fp16 1e-2).")]
+AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="Parity: absolute tolerance of the same criterion (default per precision: fp32 1e-4, fp16 0).")]
+
+
+def _trust(trust_model_code: bool, *names: str | None) -> None:
+    """Allow the model code the user named on this command line (edgeopt.models.trust)."""
+    from edgeopt.models.trust import allow_model_code
+
+    if trust_model_code:
+        allow_model_code("*")
+    for n in names:
+        if n:
+            allow_model_code(n)
+
+
+def _target_data(data, data_root):
+    """The DataConfig for a command on a trained model: None, or a name and/or a root; a
+    root without --data keeps the dataset the model records (its ModelSpec)."""
+    from edgeopt.pipeline import DataConfig
+
+    return DataConfig(name=data, root=data_root) if (data or data_root) else None
 
 
 def _data_config(base, name, root, download):
@@ -68,6 +91,7 @@ def train(
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (one line per epoch when not a terminal).")] = None,
     model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", help="Model argument key=value, e.g. width_mult=0.5 (repeatable).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Start from these weights (safetensors or a weights-only .pt).")] = None,
+    trust_model_code: TrustOpt = False,
     config: ConfigOpt = None,
     dump: DumpOpt = False,
     json_out: JsonOpt = False,
@@ -79,6 +103,7 @@ def train(
     from edgeopt.config import load_mapping
     from edgeopt.pipeline import ModelConfig, TrainJob, train_job
 
+    _trust(trust_model_code, model)  # --model on the command line is the user's own choice
     base = TrainJob.from_dict(load_mapping(config)) if config else TrainJob()
     mdict = base.model.to_dict()
     mdict.update(drop_none({"name": model, "weights": weights}))
@@ -138,18 +163,25 @@ def eval_cmd(
     threads: ThreadsOpt = 1,
     runs: Annotated[int, typer.Option(help="Timed latency runs (after warm-up).")] = 100,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory in a child process.")] = True,
+    resize: ResizeOpt = False,
+    trust_model_code: TrustOpt = False,
     dump: DumpOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Evaluate a checkpoint or artifact: accuracy, latency, size, peak memory, energy estimate."""
+    """Evaluate a checkpoint or artifact: accuracy, latency, size, peak memory, energy estimate.
+
+    Images are normalised with the model's own mean/std (its ModelSpec), never the
+    dataset's; data whose classes, channels or size differ from the model's is refused.
+    """
     from edgeopt.pipeline import EvalConfig, evaluate_path
 
+    _trust(trust_model_code)
     cfg = EvalConfig(split=split, threads=threads, latency_runs=runs, memory=memory)
-    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
+    dcfg = _target_data(data, data_root)
     if dump:
         dump_config(cfg)
         return
-    row = evaluate_path(target, dcfg, runtime, cfg, progress=not json_out)
+    row = evaluate_path(target, dcfg, runtime, cfg, progress=not json_out, resize=resize)
     _show_variants([row], json_out, title=f"evaluation of {target}")
 
 
@@ -164,8 +196,12 @@ def bench(
     compare: Annotated[bool, typer.Option("--compare", help="Export the checkpoint to every available format and compare all runtimes (latency, throughput, size, parity) against torch eager.")] = False,
     to: Annotated[Optional[list[str]], typer.Option("--to", help="With --compare: only these formats (repeatable; default: all, see `edgeopt formats`).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="With --compare: keep the artifacts in this folder (default: a temporary one).")] = None,
+    rtol: RtolOpt = None,
+    atol: AtolOpt = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
+    resize: ResizeOpt = False,
+    trust_model_code: TrustOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Time inference of an artifact in its runtime: median, p90, p99 latency and throughput.
@@ -176,8 +212,10 @@ def bench(
 
     Example: edgeopt bench runs/best.safetensors --compare --runs 200
     """
+    _trust(trust_model_code)
     if compare:
-        _bench_compare(target, to, out_dir, data, data_root, threads, runs, warmup, max(batch_size), json_out)
+        _bench_compare(target, to, out_dir, data, data_root, threads, runs, warmup, max(batch_size), json_out, resize,
+                       _parity_tolerance(rtol, atol))
         return
     from edgeopt.artifact import Artifact
     from edgeopt.evaluate import measure_latency
@@ -196,18 +234,26 @@ def bench(
                 ["batch", "median ms", "p90 ms", "p99 ms", "images/s", "threads", "runs"], rows)
 
 
-def _bench_compare(target, formats, out_dir, data, data_root, threads, runs, warmup, tp_batch, json_out) -> None:
+def _parity_tolerance(rtol, atol):
+    """``--rtol/--atol`` as the parity tolerance dict an export config holds (None: the defaults)."""
+    tol = drop_none({"rtol": rtol, "atol": atol})
+    return tol or None
+
+
+def _bench_compare(target, formats, out_dir, data, data_root, threads, runs, warmup, tp_batch, json_out, resize,
+                   tolerance=None) -> None:
     from edgeopt.errors import ConfigError
-    from edgeopt.export.compare import compare_path
+    from edgeopt.export.compare import compare_path, require_success
 
     if not str(target).endswith(".safetensors"):
         raise ConfigError(f"bench --compare needs a checkpoint (.safetensors), got {target}; "
                           f"time an artifact with `edgeopt bench {target}`")
-    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
-    rows = compare_path(target, out_dir, dcfg, formats=formats or None, threads=threads, runs=runs,
-                        warmup=warmup, throughput_batch=tp_batch)
+    dcfg = _target_data(data, data_root)
+    rows = compare_path(target, out_dir, dcfg, resize=resize, formats=formats or None, threads=threads, runs=runs,
+                        warmup=warmup, throughput_batch=tp_batch, tolerance=tolerance)
     if json_out:
         emit_json(rows)
+        require_success(rows, str(target))  # the rows first, then exit 2 if no format succeeded
         return
 
     def num(v, fmt):
@@ -217,7 +263,7 @@ def _bench_compare(target, formats, out_dir, data, data_root, threads, runs, war
     for r in rows:
         parity = "reference" if r["name"] == "torch" else (
             "–" if r["parity_passed"] is None else ("pass" if r["parity_passed"] else "FAIL")
-            + f" {r['parity']['max_abs_diff']:.0e}")
+            + f" {r['parity']['max_abs_diff']:.0e} (rel {r['parity'].get('max_rel_diff', float('nan')):.0e})")
         cells.append([r["name"] if r["status"] == "ok" else f"{r['name']} ({r['status']})", r["precision"] or "–",
                       num(r["p50_ms"], ".3f"), num(r["p99_ms"], ".3f"), num(r["throughput"], ".0f"),
                       num(r["size_bytes"] and r["size_bytes"] / 1e6, ".2f"), parity,
@@ -227,6 +273,7 @@ def _bench_compare(target, formats, out_dir, data, data_root, threads, runs, war
     for r in rows:
         if r["reason"]:
             print(f"{r['name']}: {r['reason']}")
+    require_success(rows, str(target))  # the table first, then exit 2 if no format succeeded
 
 
 @app.command()
@@ -237,20 +284,43 @@ def export(
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the export against the PyTorch model on real samples.")] = True,
+    rtol: RtolOpt = None,
+    atol: AtolOpt = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="--to torchscript only: trace (default) or script (keeps data-dependent control flow).")] = None,
+    resize: ResizeOpt = False,
+    trust_model_code: TrustOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to a deployable format and verify parity on real samples."""
+    """Export a checkpoint to a deployable format and verify parity on real samples.
+
+    Parity passes when max |diff| <= atol + rtol x max |logit| and top-1 agrees; a failed
+    export is kept (marked failed in its sidecar) and the error says where.
+
+    Example: edgeopt export runs/best.safetensors --to torchscript --method script --rtol 1e-4
+    """
+    from edgeopt.errors import ConfigError
     from edgeopt.pipeline import export_path
 
-    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
-    res = export_path(checkpoint, to, out, dcfg, verify=verify)
+    _trust(trust_model_code)
+    cfg: dict = {}
+    if method is not None:
+        if to != "torchscript":
+            raise ConfigError(f"--method {method} is a torchscript export option, not one of --to {to}")
+        cfg["method"] = method  # validated by TorchScriptExportConfig
+    if _parity_tolerance(rtol, atol):
+        cfg["parity"] = _parity_tolerance(rtol, atol)  # the export config's parity tolerance (as in YAML)
+    dcfg = _target_data(data, data_root)
+    res = export_path(checkpoint, to, out, dcfg, verify=verify, resize=resize, config=cfg or None)
     parity = res.parity.to_dict() if res.parity is not None else None
     if json_out:
         emit_json({"artifact": str(res.artifact.path), "format": res.artifact.format, "parity": parity})
         return
     print(f"wrote {res.artifact.path}")
     if parity:
-        print(f"parity on {parity.get('n_samples')} real samples: max abs diff {parity['max_abs_diff']:.2e}, "
+        allowed = parity.get("allowed_abs_diff")
+        print(f"parity on {parity.get('n_samples')} real samples: max abs diff {parity['max_abs_diff']:.2e}"
+              + (f" (allowed {allowed:.2e})" if allowed is not None else "")
+              + f", relative to the logits' scale {parity.get('max_rel_diff', float('nan')):.2e}, "
               f"cosine {parity.get('cosine', parity.get('cosine_similarity', float('nan'))):.6f}, "
               f"top-1 agreement {100 * parity['top1_agreement']:.2f}%")
 
@@ -278,6 +348,8 @@ def quantize(
     calibration_samples: Annotated[Optional[int], typer.Option(help="Training images used for calibration (default 512).")] = None,
     keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Layer name or pattern to leave in float (repeatable): features.0.*, re:.*classifier.*")] = None,
     max_drop: Annotated[Optional[float], typer.Option(help="Automatic mixed precision: keep the most sensitive layers float until the int8 model is within this many accuracy points of fp32 (validation split).")] = None,
+    accuracy_check: Annotated[Optional[bool], typer.Option("--accuracy-check/--no-accuracy-check", help="Compare int8 and fp32 top-1 on the held-out verification images and warn when int8 loses more than --accuracy-margin (default: on).")] = None,
+    accuracy_margin: Annotated[Optional[float], typer.Option(help="Accuracy points int8 may lose on the held-out check before a warning (default 1.0).")] = None,
     qat_epochs: Annotated[Optional[int], typer.Option(help="QAT fine-tuning epochs.")] = None,
     qat_lr: Annotated[Optional[float], typer.Option(help="QAT peak learning rate.")] = None,
     qat_batch_size: Annotated[Optional[int], typer.Option(help="QAT images per step.")] = None,
@@ -288,6 +360,8 @@ def quantize(
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure fp32 and int8 side by side on the test split.")] = True,
     histograms: Annotated[bool, typer.Option("--histograms/--no-histograms", help="Write weight/activation histogram PNGs with the chosen ranges.")] = True,
     threads: ThreadsOpt = 1,
+    resize: ResizeOpt = False,
+    trust_model_code: TrustOpt = False,
     config: ConfigOpt = None,
     dump: DumpOpt = False,
     json_out: JsonOpt = False,
@@ -302,19 +376,20 @@ def quantize(
     """
     from edgeopt.quantize.jobs import quantize_checkpoint
 
+    _trust(trust_model_code)
     cfg = _quant_config(
         config, method=method, backend=backend, engine=engine, per_channel=per_channel,
         symmetric_activations=symmetric_activations, calibration=calibration, percentile=percentile,
         calibration_samples=calibration_samples, keep_float=tuple(keep_float) if keep_float else None,
         max_drop=max_drop, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_batch_size=qat_batch_size,
-        qat_max_steps_per_epoch=qat_max_steps,
+        qat_max_steps_per_epoch=qat_max_steps, accuracy_check=accuracy_check, accuracy_margin=accuracy_margin,
     )
     if dump:
         dump_config(cfg)
         return
-    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
+    dcfg = _target_data(data, data_root)
     summary = quantize_checkpoint(checkpoint, cfg, out, dcfg, evaluate=evaluate, histograms=histograms,
-                                  threads=threads, progress=not json_out)
+                                  threads=threads, progress=not json_out, resize=resize)
     if json_out:
         emit_json(summary)
         return
@@ -349,6 +424,8 @@ def scan(
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Weight scales per channel (default) or per tensor.")] = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
+    resize: ResizeOpt = False,
+    trust_model_code: TrustOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -362,11 +439,12 @@ def scan(
     from edgeopt.errors import ConfigError
     from edgeopt.quantize.jobs import scan_checkpoint
 
+    _trust(trust_model_code)
     if not quant:
         raise ConfigError("scan needs --quant: per-layer int8 sensitivity is the scan edgeopt offers so far")
     cfg = _quant_config(config, calibration=calibration, per_channel=per_channel)
-    dcfg = _data_config(None, data, data_root, None) if (data or data_root) else None
-    rep = scan_checkpoint(checkpoint, cfg, out_dir, dcfg, samples=samples, progress=not json_out)
+    dcfg = _target_data(data, data_root)
+    rep = scan_checkpoint(checkpoint, cfg, out_dir, dcfg, samples=samples, progress=not json_out, resize=resize)
     if json_out:
         emit_json(rep)
         return
@@ -388,6 +466,99 @@ def _show_variants(rows: list[dict], json_out: bool, title: str) -> None:
     headers, cells = variant_rows({"variants": rows}, compact=True)
     print_table(title, headers, cells)
     print("(all columns: --json, or the report files)")
+
+
+# ---------------------------------------------------------------------------------- import
+def _floats(text: str | None, what: str):
+    from edgeopt.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{what} takes numbers separated by commas, e.g. 0.485,0.456,0.406; got '{text}'") from None
+
+
+def _class_names(text: str | None):
+    if text is None:
+        return None
+    p = Path(text)
+    if p.is_file():  # one name per line
+        return tuple(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+@app.command("import")
+def import_cmd(
+    source: Annotated[Path, typer.Argument(help="Weights trained elsewhere: .pth/.pt/.th/.bin (a state_dict, also nested under 'state_dict' or 'model', 'module.' prefixes stripped; read weights-only) or .safetensors; or a whole model as .onnx (then no --model).")],
+    model: Annotated[Optional[str], typer.Option(help="The architecture of a state_dict: a zoo name (`edgeopt models`), tv:NAME, or your package.module:factory (naming it here allows that code).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Preprocessing the model was trained with: imagenet (mean/std, 224x224, 1000 classes) or cifar10 (its mean/std, 32x32, its 10 classes).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406 (overrides the preset).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std on the 0..1 scale, e.g. 0.229,0.224,0.225.")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Class names in label order: a,b,c or a file with one per line.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Number of classes when there are no names.")] = None,
+    input_size: Annotated[Optional[str], typer.Option(help="Input size S or H,W (default: the data's or the preset's).")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="Input channels (default: the data's or the preset's).")] = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", help="Architecture argument key=value (repeatable).")] = None,
+    convert: Annotated[str, typer.Option(help="auto (apply a registered converter whose layout matches), none, or a converter name, e.g. cifar-resnet-option-a.")] = "auto",
+    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="Refuse weights with missing, unexpected or mis-shaped tensors (default), or keep the model's initial values there and report them.")] = True,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Measure top-1 accuracy on the test split of --data (or the preset's dataset), with the model's own preprocessing.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Checkpoint to write (default: NAME.safetensors + NAME.json beside the source).")] = None,
+    config: ConfigOpt = None,
+    dump: DumpOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import a model trained elsewhere as an edgeopt checkpoint (or ONNX artifact) that every command reads.
+
+    The file is read without running any code in it. Say how the model's inputs were
+    normalised (--preset or --mean/--std) and which classes it predicts (--classes, --data or
+    the preset): every later command feeds it exactly that way.
+
+    Example: edgeopt import resnet20.th --model resnet20 --preset imagenet --input-size 32 --data cifar10 --check
+    """
+    from edgeopt.config import load_mapping
+    from edgeopt.models.importing import ImportConfig, import_weights
+
+    _trust(False, model)
+    d = dict(load_mapping(config)) if config is not None else {}
+    size = _floats(input_size, "--input-size")
+    d.update(drop_none(dict(
+        model=model, preset=preset, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        classes=_class_names(classes), num_classes=num_classes, channels=channels, data=data, data_root=data_root,
+        input_size=tuple(int(v) for v in size) if size else None, convert=convert, strict=strict,
+    )))
+    if model_arg:
+        d["kwargs"] = {**d.get("kwargs", {}), **parse_kv(model_arg)}
+    cfg = ImportConfig.from_dict(d)
+    if dump:
+        dump_config(cfg)
+        return
+    stem = source.name.split(".")[0] or "model"
+    if source.suffix.lower() == ".onnx":  # the sidecar goes beside the file unless --out copies it
+        target = out
+    else:
+        target = out if out is not None else source.with_name(f"{stem}.safetensors")
+        if target.resolve() == source.resolve():  # never overwrite the file being imported
+            target = source.with_name(f"{stem}_edgeopt.safetensors")
+    rep = import_weights(source, target, cfg, check=check)
+    if json_out:
+        emit_json(rep.to_dict())
+        return
+    spec = rep.spec
+    print(f"wrote {rep.path} ({rep.model}, {rep.tensors} tensors; input {tuple(spec['input_shape'])}, "
+          f"{spec['num_classes']} classes, mean {tuple(spec['mean'])}, std {tuple(spec['std'])})")
+    for line in rep.converted:
+        print(f"converted: {line}")
+    for what in ("missing", "unexpected", "mismatched"):
+        items = getattr(rep, what)
+        if items:
+            print(f"{what} ({len(items)}, model keeps its initial values): {', '.join(items[:8])}"
+                  + (" ..." if len(items) > 8 else ""))
+    if rep.accuracy is not None:
+        print(f"top-1 accuracy {100 * rep.accuracy:.2f}% on {rep.accuracy_samples} test images")
 
 
 # ---------------------------------------------------------------------------------- listings
@@ -452,6 +623,7 @@ def demo(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Inference threads for the measurements.")] = None,
     latency_runs: Annotated[Optional[int], typer.Option(help="Timed latency runs per variant.")] = None,
+    trust_model_code: TrustOpt = False,
     config: ConfigOpt = None,
     dump: DumpOpt = False,
     json_out: JsonOpt = False,
@@ -460,6 +632,7 @@ def demo(
     from edgeopt.config import load_mapping
     from edgeopt.pipeline import RunConfig, run
 
+    _trust(trust_model_code, model)
     base = RunConfig.from_dict(load_mapping(config)) if config else RunConfig()
     d = base.to_dict()
     d.update(drop_none({"out_dir": out_dir}))

@@ -15,5 +15,8 @@ Example:
 from edgeopt.data import cifar, digits, imagefolder, mnist, synthetic  # noqa: F401
 from edgeopt.data._api import DATASETS, get_dataset, list_datasets
 from edgeopt.data._module import BatchLoader, DataModule, Split
+from edgeopt.data.for_model import data_for_model
 
-__all__ = ["DATASETS", "BatchLoader", "DataModule", "Split", "get_dataset", "list_datasets"]
+__all__ = [
+    "DATASETS", "BatchLoader", "DataModule", "Split", "data_for_model", "get_dataset", "list_datasets",
+]

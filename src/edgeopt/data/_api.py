@@ -165,6 +165,10 @@ def get_dataset(
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     family, arg = parse_name(name)
     load = DATASETS.get(family)
+    if root is not None and not download and not Path(root).expanduser().is_dir():
+        # A root that does not exist must not fall through to another copy of the data
+        # found elsewhere on the search path: the user asked for this one.
+        raise DataError(f"--data-root {root} is not a folder; give the folder that holds the '{name}' files")
     src = load(arg, Path(root).expanduser() if root is not None else None, bool(download))
     train, val = src.train, src.val
     if val is None:

@@ -59,6 +59,27 @@ def probe(item: Item, name: str = "") -> tuple[tuple[int, int], str]:
         return (im.height, im.width), ("L" if im.mode in _GREY_MODES else "RGB")
 
 
+def majority_mode(items: Sequence[Item], names: Sequence[str]) -> tuple[str, int]:
+    """The mode (``"L"`` or ``"RGB"``) most of ``items`` have, and how many have the other.
+
+    Every image's header is read (not its pixels), so one grey image among colour ones
+    (or the reverse) is converted to the others' mode instead of deciding it. A tie is
+    RGB: converting grey to RGB loses nothing.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.new("L", (2, 2)).save(d / "a.png"); Image.new("RGB", (2, 2)).save(d / "b.png")
+        >>> Image.new("RGB", (2, 2)).save(d / "c.png")
+        >>> majority_mode([str(d / n) for n in ("a.png", "b.png", "c.png")], ["a", "b", "c"])
+        ('RGB', 1)
+    """
+    grey = sum(probe(it, nm)[1] == "L" for it, nm in zip(items, names))
+    colour = len(items) - grey
+    return ("L", colour) if grey > colour else ("RGB", grey)
+
+
 def _pil_decode(item: Item, name: str, size: tuple[int, int], mode: str) -> np.ndarray:
     from PIL import Image
 

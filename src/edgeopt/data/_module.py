@@ -205,12 +205,16 @@ class DataModule:
         *,
         augment: Augment | None = None,
         source: str = "",
+        resize_to: tuple[int, int] | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
         self.train, self.val, self.test = train, val, test
         self.augment = augment or Augment()
         self.source = source
+        # (H, W) every batch is resized to as it is normalised (edgeopt.data.data_for_model
+        # with resize=True); None keeps the stored size.
+        self.resize_to = tuple(resize_to) if resize_to else None
         # normalize(x) = (x / 255 - mean) / std = x * scale - shift, per channel [1, C, 1, 1].
         std = torch.tensor(spec.std, dtype=torch.float32)
         mean = torch.tensor(spec.mean, dtype=torch.float32)
@@ -247,7 +251,11 @@ class DataModule:
             raise DataError(
                 f"normalize expects [N, {self.spec.channels}, H, W], got {tuple(images_uint8.shape)}"
             )
-        out = x.float().mul_(self._scale).sub_(self._shift)
+        out = x.float()
+        if self.resize_to is not None and tuple(out.shape[2:]) != self.resize_to:
+            out = F.interpolate(out, size=self.resize_to, mode="bilinear", antialias=True,
+                                align_corners=False).clamp_(0.0, 255.0)
+        out = out.mul_(self._scale).sub_(self._shift)
         return out[0] if one else out
 
     def loader(

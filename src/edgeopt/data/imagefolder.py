@@ -13,8 +13,9 @@ Accepted layouts for ``PATH``:
 
 Archives are read in memory with every member checked, never extracted. Class names
 are the train folder names, sorted; a test or val split with other class folders is an
-error. Images are converted to RGB (or kept grey if the first train image is grey) and
-resized (bilinear) to the size of the first train image in sorted order if they differ.
+error. Images are converted to the channel mode most of them have (RGB, or grey when most
+are grey; a warning says how many were converted) and resized (bilinear) to the size of
+the first train image in sorted order if they differ.
 The arrays are cached in ``<cache>/imagefolder/<name>-<key>.safetensors``, keyed by the
 archives' or every image file's path, size and mtime, so the next load is one file read.
 """
@@ -42,7 +43,7 @@ from edgeopt.data._cache import (
 from edgeopt.data._module import Augment
 from edgeopt.errors import ConfigError, DataError
 
-_FORMAT = 2  # bump when the cache layout changes
+_FORMAT = 3  # bump when the cache layout changes (3: channel mode of the majority)
 _SPLIT_NAMES = ("train", "val", "test")
 _LAYOUT_HELP = (
     "expected PATH/train/<class>/*.jpg plus PATH/test/ or PATH/val/, or a .tar.gz of that"
@@ -183,8 +184,11 @@ def load_tree(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path
         items[split] = [it for _, _, it in flat]
         names[split] = [f"{path}:{split}/{classes[lb]}/{fn}" for lb, fn, _ in flat]
         labels[split] = np.array([lb for lb, _, _ in flat], np.int64)
-    # Every image is brought to the first train image's size and channel mode.
-    size, mode = _decode.probe(items["train"][0], names["train"][0])
+    # Every image is brought to the first train image's size, and to the channel mode of
+    # most images (one grey image sorted first used to turn a colour folder grey).
+    size, _ = _decode.probe(items["train"][0], names["train"][0])
+    every = [it for split in tree for it in items[split]]
+    mode, converted = _decode.majority_mode(every, [n for split in tree for n in names[split]])
     arrays: dict[str, np.ndarray] = {}
     for split in tree:
         arrays[f"{split}_x"] = _decode.decode_images(
@@ -192,6 +196,12 @@ def load_tree(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path
         )
         arrays[f"{split}_y"] = labels[split]
     meta = {"classes": json.dumps(classes), "source": str(path)}
+    if converted:  # kept in the cache, so every load says it, not only the first
+        other = "grey" if mode == "RGB" else "colour"
+        meta["mode_note"] = (
+            f"{converted} of {len(every)} images of {path} are {other} and were converted to "
+            f"{'RGB' if mode == 'RGB' else 'grey'}, the mode of the majority"
+        )
     save_arrays(cache_file, arrays, meta)
     return {k: torch.from_numpy(v) for k, v in arrays.items()}, meta, cache_file
 
@@ -199,6 +209,12 @@ def load_tree(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path
 def imagefolder_source(path: Path, *, augment: Augment | None = None) -> Source:
     """A :class:`Source` from an image tree or archive (also used by ``cifar10``)."""
     arrays, meta, cache_file = load_tree(path)
+    if meta.get("mode_note"):
+        import warnings
+
+        from edgeopt.errors import EdgeoptWarning
+
+        warnings.warn(meta["mode_note"], EdgeoptWarning, stacklevel=2)
     classes = tuple(str(c) for c in json.loads(meta["classes"]))
     h = int(arrays["train_x"].shape[2])
     has_val, has_test = "val_x" in arrays, "test_x" in arrays

@@ -169,6 +169,17 @@ def evaluate_accuracy(
 
     if n == 0 or confusion is None:
         raise DataError(f"split '{split}' has no images to score")
+    present = np.flatnonzero(class_n)
+    if len(present) == 1:  # any model that always answers that class scores 100 %
+        import warnings
+
+        from edgeopt.errors import EdgeoptWarning
+
+        only = (names or [str(i) for i in range(num_classes)])[int(present[0])]
+        warnings.warn(
+            f"accuracy on split '{split}' measures nothing: all {n} images are of one class "
+            f"('{only}'{', the only class of the model' if num_classes == 1 else ''}); "
+            f"evaluate on data with at least two classes", EdgeoptWarning, stacklevel=2)
     diag = class_hits
     per_class_n = class_n
     names = names or [str(i) for i in range(num_classes)]

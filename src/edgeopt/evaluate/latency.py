@@ -45,10 +45,10 @@ class LatencyConfig(Config):
     seed: int = 0
 
     def validate(self) -> None:
-        self._check_range("batch_size", 1, None)
+        self._check_batch_size("batch_size")
         self._check_range("warmup", 0, None)
         self._check_range("runs", 1, None)
-        self._check_range("threads", 1, None)
+        self._check_threads("threads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,12 +187,17 @@ def measure_latency(
         >>> r.runs, r.batch_size, r.p99_ms >= r.median_ms >= r.min_ms
         (5, 1, True)
     """
+    from edgeopt._oom import batch_memory, check_batch_fits
+
     cfg = LatencyConfig(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads, seed=seed)
-    # Built once, before timing: float32, C-contiguous, shape [batch, C, H, W].
-    x = np.ascontiguousarray(spec.example_input(cfg.batch_size, seed=cfg.seed).numpy(), dtype=np.float32)
+    what = f"timing {_runner_name(runner) if hasattr(runner, 'predict') else 'torch'}"
+    check_batch_fits(cfg.batch_size, spec.input_shape, what)
+    with batch_memory(what, cfg.batch_size):  # a batch too big for memory is one line
+        # Built once, before timing: float32, C-contiguous, shape [batch, C, H, W].
+        x = np.ascontiguousarray(spec.example_input(cfg.batch_size, seed=cfg.seed).numpy(), dtype=np.float32)
     predict = _predict_fn(runner)
     times_ns = np.empty(cfg.runs, dtype=np.int64)
-    with _threads_set(runner, cfg.threads) as used_threads:
+    with _threads_set(runner, cfg.threads) as used_threads, batch_memory(what, cfg.batch_size):
         for _ in range(cfg.warmup):
             predict(x)
         clock = time.perf_counter_ns

@@ -14,7 +14,8 @@ carries the parent's ``ru_maxrss`` over into the child, so a child of a process 
 
 ``delta_mb = peak_rss_mb - baseline_mb`` is what the model and its inference add: the
 number to compare between variants. ``peak_rss_mb`` is what the whole process needed.
-MB here are MiB (2**20 bytes).
+The ``*_mb`` fields are MiB (2**20 bytes) and reports say MiB; the names stay as they are
+for results.json readers. File sizes elsewhere are bytes, shown as MB (10**6 bytes).
 """
 
 from __future__ import annotations
@@ -163,7 +164,9 @@ def measure_peak_memory(
         cmd += ["--runtime", runtime]
     if spec is not None:
         cmd += ["--input-shape", ",".join(str(int(d)) for d in spec.input_shape)]
-    env = dict(os.environ)
+    from edgeopt.models.trust import trusted_env
+
+    env = trusted_env(dict(os.environ))  # the child may rebuild model code this process allowed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_src_root(), env.get("PYTHONPATH", "")) if p)
     env["OMP_NUM_THREADS"] = str(threads)  # the torch / OpenMP pool, before it starts
     try:

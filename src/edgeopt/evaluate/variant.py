@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import ConfigError, EdgeoptError
+from edgeopt.errors import EdgeoptError
 from edgeopt.evaluate.accuracy import evaluate_accuracy
 from edgeopt.evaluate.energy import BYTES_PER_ELEMENT, estimate_energy, normalize_precision
 from edgeopt.evaluate.latency import measure_latency, measure_throughput
@@ -70,6 +70,35 @@ def _describe(target: Any) -> tuple[str, str | None, str, list]:
     except Exception:
         pass
     return _SUFFIX_FORMAT.get(p.suffix.lower(), p.suffix.lstrip(".") or "unknown"), str(p), "fp32", []
+
+
+def _target_spec(target: Any, model: Any) -> Any:
+    """The ModelSpec the variant was built with (module, artifact, runner or file), or None.
+
+    A bare ONNX file whose spec was guessed from its graph (mean 0, std 1) records no
+    preprocessing, so it gives None: the data's own normalisation is used for it.
+    """
+    from edgeopt.spec import SPEC_ATTR
+
+    for obj in (target, getattr(target, "artifact", None), model):
+        if obj is None:
+            continue
+        if _is_module(obj) and getattr(obj, SPEC_ATTR, None) is not None:
+            return getattr(obj, SPEC_ATTR)
+        if hasattr(obj, "path") and hasattr(obj, "spec"):  # an Artifact
+            return None if (obj.meta or {}).get("guessed_from") == "onnx graph shapes" else obj.spec
+    if isinstance(target, (str, Path)):
+        import warnings
+
+        from edgeopt.artifact import Artifact
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _target_spec(Artifact.load(target), None)
+        except EdgeoptError:
+            return None
+    return None
 
 
 def _runner_for(target: Any, runtime: str | None, threads: int) -> Any:
@@ -174,8 +203,14 @@ def evaluate_variant(
         >>> row["accuracy"]["top1"], row["latency"]["batch1"]["median_ms"]  # doctest: +SKIP
         (0.97, 0.08)
     """
-    if threads < 1:
-        raise ConfigError(f"evaluate_variant: threads={threads} must be >= 1")
+    from edgeopt.runtime import check_threads
+
+    threads = check_threads(threads)  # [1, MAX_THREADS]: a huge count hung the process
+    own = _target_spec(target, model)
+    if own is not None:  # the variant's own preprocessing, never the dataset's guess
+        from edgeopt.data import data_for_model
+
+        data = data_for_model(data, own, where=name)
     spec = data.spec
     fmt, artifact_path, own_precision, own_lineage = _describe(target)
     prec = precision or own_precision
@@ -218,7 +253,7 @@ def evaluate_variant(
                 row["size"] = size.to_dict()
                 if artifact_path is None:
                     row["notes"].append("size: no file; measured the module's state_dict saved as safetensors")
-                out["text"] = f"{size.bytes / 2**20:.3f} MB, gzip {size.gzip_bytes / 2**20:.3f} MB"
+                out["text"] = f"{size.bytes / 1e6:.3f} MB, gzip {size.gzip_bytes / 1e6:.3f} MB"  # MB = 10**6 bytes
         except Exception as exc:
             _note(row, "size", exc)
     else:
@@ -247,7 +282,7 @@ def evaluate_variant(
                     mem = measure_peak_memory(mem_target, row["runtime"] if row["runtime"] != "unknown" else runtime,
                                               batch_size=1, threads=threads, spec=spec)
                     row["memory"] = mem.to_dict()
-                    out["text"] = f"peak {mem.peak_rss_mb:.1f} MB (model + inference {mem.delta_mb:.1f} MB)"
+                    out["text"] = f"peak {mem.peak_rss_mb:.1f} MiB (model + inference {mem.delta_mb:.1f} MiB)"
             except Exception as exc:
                 _note(row, "memory", exc)
 

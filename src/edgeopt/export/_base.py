@@ -6,7 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from edgeopt.artifact import Artifact, artifact_files, sidecar_path
+import numpy as np
+
+from edgeopt._io import ensure_writable_file
+from edgeopt.artifact import Artifact, sidecar_path
 from edgeopt.config import Config
 from edgeopt.errors import ConfigError, ExportMismatchError
 from edgeopt.export.parity import ParityReport, verify_parity
@@ -37,6 +40,8 @@ class Exporter:
     variants: Any = None
     #: the export function takes ``calibration=`` (real images for int8 calibration)
     takes_calibration: bool = False
+    #: ``check`` takes ``tolerance=`` (the user's parity tolerance) as a fourth argument
+    check_takes_tolerance: bool = False
     #: ``() -> None | str``: None when the artifact can run on this machine, else why not
     #: (Core ML predicts only on macOS); export_model then records parity as "not run".
     runnable: Any = None
@@ -53,7 +58,9 @@ def _register_builtin() -> None:
         "onnx",
         Exporter(
             "onnx", ".onnx", ox.OnnxExportConfig, ox.export_onnx,
-            check=lambda model, art, cfg: ox.check_batch_sizes(model, art, cfg.check_batches if cfg.dynamic_batch else ()),
+            check=lambda model, art, cfg, tolerance=None: ox.check_batch_sizes(
+                model, art, cfg.check_batches if cfg.dynamic_batch else (), tolerance),
+            check_takes_tolerance=True,
             precision=ox._precision_of_model,
             available=ox.onnx_available,
             variants=lambda: {f"onnx-{lv}": {"optimization": lv} for lv in ox.ORT_LEVELS if lv != "none"},
@@ -150,6 +157,60 @@ def _out_path(out_path: Any, suffix: str, fmt: str) -> Path:
     return p
 
 
+def split_parity_config(config: Any, tolerance: Any = None) -> tuple[Any, Any]:
+    """Take ``"parity"`` out of an export config dict: ``(format config, tolerance)``.
+
+    ``tolerance`` given explicitly wins over the config's; both dicts are merged (the
+    explicit one on top).
+
+    Example:
+        >>> split_parity_config({"opset": 17, "parity": {"rtol": 1e-4}})
+        ({'opset': 17}, {'rtol': 0.0001})
+    """
+    if not isinstance(config, dict) or "parity" not in config:
+        return config, tolerance
+    config = dict(config)
+    from_config = config.pop("parity")
+    if from_config is not None and not isinstance(from_config, dict):
+        raise ConfigError(f"export config 'parity' must be a mapping like {{'rtol': 1e-5, 'atol': 1e-4}}, "
+                          f"got {from_config!r}")
+    if tolerance is None:
+        return config, from_config
+    if isinstance(tolerance, dict) and from_config:
+        return config, {**from_config, **tolerance}
+    return config, tolerance
+
+
+def _check_finite(model: Any, fmt: str, samples: Any) -> None:
+    """NaN/Inf in the weights, or in the eager outputs on the given samples, is a
+    NumericalError before anything is exported: a parity check would otherwise report it
+    as an export mismatch (NaN differs from everything)."""
+    import torch
+
+    from edgeopt.errors import NumericalError
+    from edgeopt.export.parity import _as_samples
+    from edgeopt.models.weights import check_finite_weights
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    check_finite_weights(model, f"export to {fmt}")
+    if samples is None:
+        return
+    x = torch.from_numpy(np.ascontiguousarray(_as_samples(samples)[:8], dtype=np.float32))
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception:  # noqa: BLE001 - a model that cannot run is reported by the exporter itself
+        return
+    if isinstance(y, torch.Tensor) and y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        bad = int((~torch.isfinite(y)).any(dim=-1).sum()) if y.dim() > 1 else 1
+        raise NumericalError(
+            f"cannot export to {fmt}: the PyTorch model itself outputs NaN/Inf on {bad} of the first "
+            f"{len(x)} samples (its weights are finite: an overflow inside the model); fix the "
+            f"model before exporting"
+        )
+
+
 def export_model(
     model: Any,
     fmt: str,
@@ -173,11 +234,14 @@ def export_model(
         fmt: one of :func:`list_formats`, e.g. ``"onnx"``.
         out_path: the file to write (the suffix is added when missing).
         config: the format's config (``OnnxExportConfig``), a dict of its fields, or None.
+            A dict may hold ``"parity": {"rtol": ..., "atol": ...}`` (the same as
+            ``tolerance``), so a YAML export config can set the parity tolerance too.
         samples: normalised float32 images ``[N, C, H, W]`` (or an ``(x, y)`` pair) for
             the parity check; use real held-out images.
         verify: check parity and raise ExportMismatchError on failure. False: parity is
             still measured when ``samples`` are given (never raises), else skipped.
-        tolerance: override the precision's parity thresholds (see ``verify_parity``).
+        tolerance: override the precision's parity thresholds (see ``verify_parity``;
+            ``{"rtol": 1e-4}`` changes only the relative tolerance).
         calibration: normalised float32 training images ``[N, C, H, W]``
             (``DataModule.calibration(n)``) for formats that calibrate a quantized file
             (``tflite`` int8); ignored by the others.
@@ -187,10 +251,15 @@ def export_model(
         (``artifact.meta["parity"]``).
 
     Raises:
-        ConfigError: unknown format, bad config, wrong suffix, model without ModelSpec.
+        ConfigError: unknown format, bad config, wrong suffix, model without ModelSpec,
+            an ``out_path`` under a file or in a folder that cannot be written.
+        OutputError: the disk filled up or became read-only while writing (no partial file).
         UnsupportedModelError: the exporter cannot handle a layer (the message names it).
+        NumericalError: a weight or buffer holds NaN/Inf (named), or the eager model
+            outputs NaN/Inf on ``samples``; nothing is written.
         ExportMismatchError: the artifact's outputs differ beyond tolerance (the message
-            names the worst sample); the file and sidecar are removed.
+            names the worst sample, the figures and where the file is). The file is kept,
+            marked ``"status": "parity failed"`` in its sidecar, for debugging.
 
     Example:
         >>> import tempfile, torch
@@ -203,14 +272,17 @@ def export_model(
         ('onnx', True)
     """
     exporter: Exporter = EXPORTERS.get(fmt)
+    config, tolerance = split_parity_config(config, tolerance)
     cfg = _config_for(exporter, config)
     spec = get_spec(model)
     out = _out_path(out_path, exporter.suffix, fmt)
+    ensure_writable_file(out, "output file", allow_dir=True)  # before the conversion, not after
     precision = exporter.precision(model) if exporter.precision else "fp32"
 
     was_training = getattr(model, "training", False)
     model.eval()  # BN running stats and no dropout: what gets deployed
     try:
+        _check_finite(model, fmt, samples)  # NaN weights are not an export mismatch
         extra = {"calibration": calibration} if exporter.takes_calibration else {}
         _, meta = exporter.export(model, spec, out, cfg, **extra)
         precision = meta.pop("precision", precision)  # set by exporters whose config picks it
@@ -227,7 +299,10 @@ def export_model(
         artifact.save_sidecar()
         try:
             if exporter.check is not None and verify:
-                exporter.check(model, artifact, cfg)
+                if exporter.check_takes_tolerance:
+                    exporter.check(model, artifact, cfg, tolerance)
+                else:
+                    exporter.check(model, artifact, cfg)
             parity = None
             not_run = exporter.runnable() if exporter.runnable is not None else None
             if not_run is not None:  # recorded, never reported as a pass
@@ -243,11 +318,15 @@ def export_model(
                 if verify:
                     parity.raise_if_failed()
         except ExportMismatchError as exc:
-            # A file that computes something else must not look like a finished step.
-            for p in (*artifact_files(out), sidecar_path(out)):  # an OpenVINO .xml has a .bin
-                p.unlink(missing_ok=True)
+            # Kept for debugging (a rounding difference judged wrongly must not cost the file),
+            # but marked, so it does not look like a checked export.
+            if not isinstance(artifact.meta.get("parity"), dict) or "passed" not in artifact.meta["parity"]:
+                artifact.meta["parity"] = {"passed": False, "status": "failed", "reason": str(exc)}
+            artifact.meta["status"] = "parity failed"
+            artifact.save_sidecar()
             raise ExportMismatchError(
-                f"{exc} (removed {out.name}; export with verify=False to keep it for debugging)"
+                f"{exc}; kept {out} (marked 'parity failed' in {sidecar_path(out).name}); if this is "
+                f"float rounding, loosen the tolerance (--rtol/--atol, tolerance={{'rtol': ...}})"
             ) from None
     finally:
         model.train(was_training)

@@ -24,7 +24,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import ArtifactError, ConfigError, EdgeoptError, MissingDependencyError
+from edgeopt.errors import (
+    ArtifactError,
+    ConfigError,
+    EdgeoptError,
+    ExportMismatchError,
+    MissingDependencyError,
+    UnsupportedModelError,
+)
 
 #: what a row's ``status`` can be
 STATUSES = ("ok", "skipped", "exported, cannot run on this OS", "failed")
@@ -80,6 +87,7 @@ def compare_runtimes(
     throughput_batch: int = 64,
     n_samples: int = 256,
     configs: dict[str, Any] | None = None,
+    tolerance: Any = None,
 ) -> list[dict[str, Any]]:
     """Export ``model`` to every available format and measure each artifact in its runtime.
 
@@ -98,6 +106,10 @@ def compare_runtimes(
         configs: per-format export config (a dict or config object) keyed by format
             name, e.g. ``{"onnx": {"dynamo": False}}``; a variant's fields are applied
             on top of its format's config.
+        tolerance: parity tolerance for every row (``{"rtol": 1e-4, "atol": 1e-5}``
+            overrides those criteria of each precision's defaults; see
+            :func:`~edgeopt.export.verify_parity`); a format config dict's ``"parity"``
+            key sets it for that format alone.
 
     Returns:
         One dict per row, torch eager first: ``name``, ``format``, ``runtime``,
@@ -108,7 +120,8 @@ def compare_runtimes(
         eager), ``latency`` (the full LatencyResult dict).
 
     Raises:
-        ConfigError: an unknown format, a bad setting or samples of the wrong shape.
+        ConfigError: an unknown format, a bad setting, samples of the wrong shape, or an
+            ``out_dir`` that is (under) a file or not writable.
 
     Example:
         >>> import tempfile, torch
@@ -135,9 +148,14 @@ def compare_runtimes(
     formats = list(EXPORTERS.names() if formats is None else formats)
     for fmt in formats:
         EXPORTERS.get(fmt)  # an unknown name fails before any work, listing the choices
+    from edgeopt.models.weights import check_finite_weights
+
+    check_finite_weights(model, "compare runtimes")  # NaN weights fail every parity check
     configs = dict(configs or {})
+    from edgeopt._io import ensure_writable_dir
+
+    out = ensure_writable_dir(out_dir, "out_dir")  # a file in the way fails before any export
     samples = _samples_of(data_or_samples, n_samples)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timing = {"threads": threads, "runs": runs, "warmup": warmup, "throughput_batch": throughput_batch}
 
@@ -158,7 +176,8 @@ def compare_runtimes(
                 if reason is not None:
                     rows.append(_row(name, fmt, status="skipped", reason=reason))
                     continue
-                rows.append(_measure_one(model, name, exporter, configs.get(fmt), overrides, out, samples, timing))
+                rows.append(_measure_one(model, name, exporter, configs.get(fmt), overrides, out, samples, timing,
+                                         tolerance))
     finally:
         model.train(was_training)
 
@@ -180,16 +199,17 @@ def _precision(model: Any) -> str:
 
 
 def _measure_one(model: Any, name: str, exporter: Any, base_cfg: Any, overrides: dict[str, Any], out: Path,
-                 samples: Any, timing: dict[str, int]) -> dict[str, Any]:
+                 samples: Any, timing: dict[str, int], tolerance: Any = None) -> dict[str, Any]:
     """One row: export (format config + variant overrides), run, parity, time, size."""
     from edgeopt.evaluate import measure_size
-    from edgeopt.export._base import _config_for, export_model
+    from edgeopt.export._base import _config_for, export_model, split_parity_config
     from edgeopt.export.parity import verify_parity
     from edgeopt.runtime import get_runner
 
     fmt = exporter.name
     row = _row(name, fmt)
     try:
+        base_cfg, tolerance = split_parity_config(base_cfg, tolerance)
         cfg = _config_for(exporter, base_cfg)
         if overrides:
             cfg = cfg.replace(**overrides)
@@ -210,11 +230,12 @@ def _measure_one(model: Any, name: str, exporter: Any, base_cfg: Any, overrides:
         row.update(status="exported, cannot run on this OS", reason=exc.one_line())
         return row
     try:
-        rep = verify_parity(model, art, samples, threads=timing["threads"])
+        rep = verify_parity(model, art, samples, tolerance, threads=timing["threads"])
         art.meta["parity"] = rep.to_dict()
         art.save_sidecar()
         row.update(parity_passed=rep.passed, parity={
             "max_abs_diff": rep.max_abs_diff, "max_rel_diff": rep.max_rel_diff,
+            "allowed_abs_diff": rep.allowed_abs_diff, "thresholds": rep.thresholds,
             "cosine_similarity": rep.cosine_similarity, "top1_agreement": rep.top1_agreement,
             "n_samples": rep.n_samples, "summary": rep.summary(),
         })
@@ -224,8 +245,54 @@ def _measure_one(model: Any, name: str, exporter: Any, base_cfg: Any, overrides:
     return row
 
 
+def succeeded(row: dict[str, Any]) -> bool:
+    """A format row that exported, ran here and passed parity against torch eager."""
+    return row["name"] != "torch" and row["status"] == "ok" and row["parity_passed"] is True
+
+
+def require_success(rows: list[dict[str, Any]], what: str = "this model") -> None:
+    """Raise one line when no format succeeded (:func:`succeeded`); the rows say why each failed.
+
+    ``edgeopt bench --compare`` prints its table first, then calls this: a comparison in
+    which nothing but torch eager ran must not end with exit status 0.
+
+    Raises:
+        ExportMismatchError: some format ran but none matched torch eager.
+        MissingDependencyError: every format was skipped for a missing dependency.
+        UnsupportedModelError: otherwise (export failed, or nothing could run here).
+
+    Example:
+        >>> require_success([_row("torch", "module"), _row("onnx", "onnx", parity_passed=True)])
+    """
+    others = [r for r in rows if r["name"] != "torch"]
+    if any(succeeded(r) for r in others):
+        return
+
+    def why(r: dict[str, Any]) -> str:
+        if r["status"] == "ok" and r["parity_passed"] is False:
+            par = r.get("parity") or {}
+            return (f"{r['name']}: parity FAIL (max abs diff {par.get('max_abs_diff', float('nan')):.3g}, "
+                    f"top-1 agreement {100 * par.get('top1_agreement', float('nan')):.1f}%)")
+        return f"{r['name']}: {r['status']}" + (f" ({_brief_text(r['reason'], 90)})" if r["reason"] else "")
+
+    shown = "; ".join(why(r) for r in others[:4]) + (f"; and {len(others) - 4} more" if len(others) > 4 else "")
+    text = f"no format exported, ran here and matched torch eager for {what}: {shown or 'no format tried'}"
+    if any((r["status"] == "ok" and r["parity_passed"] is False)
+           or str(r["reason"] or "").startswith("ExportMismatchError") for r in others):
+        raise ExportMismatchError(text)
+    if others and all(r["status"] == "skipped" for r in others):
+        raise MissingDependencyError(text)
+    raise UnsupportedModelError(text)
+
+
+def _brief_text(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def compare_path(
-    checkpoint: str | Path, out_dir: str | Path | None = None, data: Any = None, **kwargs: Any
+    checkpoint: str | Path, out_dir: str | Path | None = None, data: Any = None, *,
+    resize: bool = False, **kwargs: Any
 ) -> list[dict[str, Any]]:
     """:func:`compare_runtimes` for an edgeopt checkpoint file, with parity on its dataset.
 
@@ -245,10 +312,14 @@ def compare_path(
     import tempfile
 
     from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import resolve_dataset
+    from edgeopt.pipeline import load_data_for
 
+    if out_dir is not None:
+        from edgeopt._io import ensure_writable_dir
+
+        ensure_writable_dir(out_dir, "out_dir")  # before the checkpoint and data are read
     model, _ = load_checkpoint(checkpoint)
-    dm = resolve_dataset(checkpoint, data).load()
+    dm = load_data_for(checkpoint, data, resize=resize)  # parity samples with the model's own spec
     if out_dir is not None:
         return compare_runtimes(model, dm, out_dir, **kwargs)
     with tempfile.TemporaryDirectory(prefix="edgeopt-compare-") as tmp:

@@ -346,11 +346,13 @@ def ort_optimize(src: str | Path, dst: str | Path, level: str) -> Path:
     return Path(dst)
 
 
-def check_batch_sizes(model: Any, artifact: Any, batches: tuple[int, ...]) -> None:
+def check_batch_sizes(model: Any, artifact: Any, batches: tuple[int, ...], tolerance: Any = None) -> None:
     """Run the artifact at each batch size and compare with eager (fp32 or own precision).
 
     Uses the spec's deterministic random inputs (real samples are checked by parity); a
     batch dimension that was silently fixed shows up here as a shape or value mismatch.
+    A user's parity ``tolerance`` with rtol/atol (see ``verify_parity``) replaces the
+    default bound, so no check is stricter than the tolerance the user stated.
 
     Raises:
         ExportMismatchError: a batch size fails or gives other logits than the eager model.
@@ -366,6 +368,12 @@ def check_batch_sizes(model: Any, artifact: Any, batches: tuple[int, ...]) -> No
     ref_all = eager.predict(x)
     # Relative bound: random inputs can give large logits; fp32 rounding stays ~1e-6 of them.
     thr = ParityThresholds(max_rel=1e-4 if artifact.precision == "fp32" else 2e-2)
+    if tolerance is not None:
+        from edgeopt.export.parity import _thresholds
+
+        user = _thresholds(tolerance, artifact.precision)
+        if user.rtol is not None or user.atol is not None:
+            thr = ParityThresholds(rtol=user.rtol, atol=user.atol)
     for b in batches:
         try:
             out = art.predict(x[:b])

@@ -164,11 +164,11 @@ def _trace(model: Any, example: Any) -> Any:
                 raise UnsupportedModelError(
                     f"cannot trace {where} to torchscript: its Python code branches on a tensor value, "
                     f"which a trace would bake in for one input; use TorchScriptExportConfig(method='script') "
-                    f"or make the branch tensor-free"
+                    f"(edgeopt export --to torchscript --method script) or make the branch tensor-free"
                 ) from None
             raise UnsupportedModelError(
                 f"cannot trace {where} to torchscript ({type(exc).__name__}: {_first_line(exc)}); "
-                f"try TorchScriptExportConfig(method='script')"
+                f"try TorchScriptExportConfig(method='script') (edgeopt export --to torchscript --method script)"
             ) from None
 
 

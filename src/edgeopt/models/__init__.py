@@ -8,6 +8,9 @@ Public API:
 * :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_weights_`,
   :func:`read_sidecar`: ``NAME.safetensors`` + ``NAME.json``; nothing is unpickled.
 * :func:`count_parameters`, :func:`model_summary`.
+* :func:`allow_model_code`, :func:`trusted_model_code`: let a checkpoint or config name a
+  ``package.module:factory`` (files never run code otherwise; :mod:`edgeopt.models.trust`).
+* ``edgeopt.models.importing.import_weights``: a state_dict trained elsewhere -> a checkpoint.
 
 Example:
     >>> from edgeopt.models import create_model, count_parameters
@@ -26,10 +29,12 @@ from edgeopt.models.checkpoint import (
 )
 from edgeopt.models.factory import create_model, describe_models, list_models
 from edgeopt.models.summary import count_parameters, model_summary
+from edgeopt.models.trust import allow_model_code, trusted_model_code
 from edgeopt.models.weights import load_weights_
 
 __all__ = [
     "MODELS",
+    "allow_model_code",
     "checkpoint_paths",
     "count_parameters",
     "create_model",
@@ -40,4 +45,5 @@ __all__ = [
     "model_summary",
     "read_sidecar",
     "save_checkpoint",
+    "trusted_model_code",
 ]

@@ -25,6 +25,7 @@ from torch import nn
 
 from edgeopt._io import _json_default, write_text_atomic, write_with_atomic
 from edgeopt.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from edgeopt.models.trust import check_model_code
 from edgeopt.models.weights import load_weights_
 from edgeopt.spec import SPEC_ATTR, ModelSpec, attach_spec
 
@@ -199,7 +200,10 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | Path, *, arch: str | Mapping[str, Any] | nn.Module | None = None
+    path: str | Path,
+    *,
+    arch: str | Mapping[str, Any] | nn.Module | None = None,
+    trust_model_code: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model recorded in a checkpoint and load its weights.
 
@@ -207,7 +211,11 @@ def load_checkpoint(
         path: ``NAME``, ``NAME.safetensors`` or ``NAME.json``.
         arch: override the recorded architecture: a model name (the recorded kwargs are
             kept if the name is the same), ``{"name": ..., "kwargs": {...}}``, or a model
-            instance to load the weights into.
+            instance to load the weights into. Naming a ``package.module:factory`` here
+            allows that code (you named it).
+        trust_model_code: allow the ``package.module:factory`` the sidecar records. Without
+            it (or :func:`edgeopt.models.allow_model_code`, or ``EDGEOPT_TRUSTED_MODULES``)
+            a sidecar naming code is refused: files never make edgeopt run code.
 
     Returns:
         ``(model, sidecar)``: the model in eval mode, carrying ``edgeopt_spec``,
@@ -217,6 +225,7 @@ def load_checkpoint(
     Raises:
         ModelLoadError: a file is missing, corrupt, foreign, changed since saving, or the
             weights do not fit the architecture (the message names the tensors).
+        UntrustedCodeError: the sidecar names model code the user did not allow.
 
     Example:
         >>> import tempfile
@@ -229,6 +238,13 @@ def load_checkpoint(
         [1, 8, 8]
     """
     weights_path, sidecar_path = checkpoint_paths(path)
+    given = Path(path)
+    if given.is_file() and given not in (weights_path, sidecar_path):
+        # model.pth, resnet20.th, model.onnx: a file that exists but is not an edgeopt checkpoint
+        raise ModelLoadError(
+            f"{given} is not an edgeopt checkpoint (NAME.safetensors + NAME.json); bring it in "
+            f"first: edgeopt import {given} --model ARCH --preset imagenet|cifar10 (see edgeopt import --help)"
+        )
     if not weights_path.is_file():
         raise ModelLoadError(
             f"checkpoint weights not found: {weights_path}; give NAME, NAME.safetensors or "
@@ -256,6 +272,8 @@ def load_checkpoint(
             attach_spec(model, spec)
     else:
         name, kwargs = _resolve_arch(arch, sidecar, sidecar_path)
+        if arch is None and not trust_model_code:
+            check_model_code(name, str(sidecar_path))
         if spec is None:
             raise ModelLoadError(
                 f"{sidecar_path} records no ModelSpec; pass the model itself: "
@@ -283,18 +301,39 @@ def load_checkpoint(
     return model, sidecar
 
 
+def _recorded_arch(sidecar: dict[str, Any], sidecar_path: Path) -> tuple[str | None, dict]:
+    """The sidecar's ``{"name", "kwargs"}``, checked: a file is data and may be malformed."""
+    recorded = sidecar.get("arch")
+    if recorded is None:
+        return None, {}
+    bad = None
+    if not isinstance(recorded, Mapping):
+        bad = f"is {type(recorded).__name__}, not {{'name': ..., 'kwargs': {{...}}}}"
+    elif not isinstance(recorded.get("name"), str) or not recorded["name"].strip():
+        bad = f"has no model name (name={recorded.get('name')!r})"
+    elif not isinstance(recorded.get("kwargs") or {}, Mapping):
+        bad = f"has kwargs of type {type(recorded.get('kwargs')).__name__}, not a mapping"
+    elif any(not isinstance(k, str) for k in (recorded.get("kwargs") or {})):
+        bad = "has non-string argument names"
+    if bad:
+        raise ModelLoadError(
+            f"{sidecar_path}: its 'arch' {bad}; the sidecar is damaged or hand-edited: "
+            f"re-save the checkpoint, or pass the architecture yourself (--model NAME)"
+        )
+    return recorded["name"], dict(recorded.get("kwargs") or {})
+
+
 def _resolve_arch(arch: Any, sidecar: dict[str, Any], sidecar_path: Path) -> tuple[str, dict]:
-    recorded = sidecar.get("arch") or {}
+    recorded_name, recorded_kwargs = _recorded_arch(sidecar, sidecar_path)
     if arch is None:
-        if not recorded.get("name"):
+        if not recorded_name:
             raise ModelLoadError(
                 f"{sidecar_path} records no architecture (the model was not built with "
                 f"create_model); pass arch='NAME' or arch=model to load_checkpoint"
             )
-        return recorded["name"], dict(recorded.get("kwargs") or {})
+        return recorded_name, recorded_kwargs
     if isinstance(arch, str):
-        same = recorded.get("name") == arch
-        return arch, dict(recorded.get("kwargs") or {}) if same else {}
+        return arch, recorded_kwargs if recorded_name == arch else {}
     if isinstance(arch, Mapping) and isinstance(arch.get("name"), str):
         return arch["name"], dict(arch.get("kwargs") or {})
     raise ModelLoadError(

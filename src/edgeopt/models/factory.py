@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, EdgeoptError, brief
 from edgeopt.models import zoo_cnn, zoo_mobilenet, zoo_resnet  # noqa: F401  (register)
 from edgeopt.models._registry import MODELS
 from edgeopt.models.summary import count_parameters
@@ -72,22 +72,32 @@ def create_model(name: str, spec: ModelSpec, **kwargs: Any) -> nn.Module:
             f"model arguments must be JSON values (numbers, strings, lists, dicts): {exc}"
         ) from None
 
-    if name.startswith(TV_PREFIX):
-        model = build_torchvision(
-            name[len(TV_PREFIX) :],
-            num_classes=spec.num_classes,
-            in_channels=spec.channels,
-            **kwargs,
-        )
-    elif name in MODELS:
-        model = _build_zoo(name, spec, kwargs)
-    elif is_user_model(name):
-        model = build_user_model(
-            name, num_classes=spec.num_classes, in_channels=spec.channels, **kwargs
-        )
-    else:
-        MODELS.get(name)  # raises ConfigError with a close match and the choices
-        raise AssertionError("unreachable")  # pragma: no cover
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a model name must be a non-empty string, got {name!r}")
+    try:
+        if name.startswith(TV_PREFIX):
+            model = build_torchvision(
+                name[len(TV_PREFIX) :],
+                num_classes=spec.num_classes,
+                in_channels=spec.channels,
+                **kwargs,
+            )
+        elif name in MODELS:
+            model = _build_zoo(name, spec, kwargs)
+        elif is_user_model(name):
+            model = build_user_model(
+                name, num_classes=spec.num_classes, in_channels=spec.channels, **kwargs
+            )
+        else:
+            MODELS.get(name)  # raises ConfigError with a close match and the choices
+            raise AssertionError("unreachable")  # pragma: no cover
+    except EdgeoptError:
+        raise
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
+        # A factory refusing its arguments (e.g. nn.Dropout(p=7): "dropout probability has
+        # to be between 0 and 1") is a bad argument, not a bug to show as a traceback.
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        raise ConfigError(f"model '{name}' refused {args}: {brief(exc)}") from None
     attach_spec(model, spec)
     setattr(model, ARCH_ATTR, {"name": name, "kwargs": kwargs})
     return model

@@ -1,7 +1,8 @@
 """``package.module:factory``: a user's own model, imported and called.
 
 The factory is called with ``num_classes=`` and ``in_channels=`` only if its signature
-names them (``num_classes`` also when it takes ``**kwargs``), plus the user's kwargs. It must
+names them (``num_classes`` also when it takes ``**kwargs``; ``in_chans=``, timm's spelling,
+when the signature names that or the factory is timm's), plus the user's kwargs. It must
 return an ``nn.Module``. Weights are loaded separately (:func:`edgeopt.models.load_weights_`).
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 from typing import Any
 
 from torch import nn
@@ -29,6 +32,28 @@ def is_user_model(name: str) -> bool:
         (True, False)
     """
     return bool(_PATTERN.match(name))
+
+
+def _import(mod_name: str) -> Any:
+    """Import ``mod_name``; if that fails, once more with the working directory on sys.path.
+
+    ``python -m`` puts the working directory on sys.path but the ``edgeopt`` console script
+    does not, so a user's ``model.py`` beside them would otherwise need PYTHONPATH set for
+    every command. Only names the user allowed get here (edgeopt.models.trust).
+    """
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        top = mod_name.partition(".")[0]
+        if exc.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, cwd)
+        try:
+            return importlib.import_module(mod_name)
+        except ImportError:
+            sys.path.remove(cwd)
+            raise exc from None
 
 
 def build_user_model(name: str, *, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
@@ -56,11 +81,11 @@ def build_user_model(name: str, *, num_classes: int, in_channels: int, **kwargs:
         raise ConfigError(f"'{name}' is not of the form package.module:factory")
     mod_name, _, attr_path = name.partition(":")
     try:
-        obj: Any = importlib.import_module(mod_name)
+        obj: Any = _import(mod_name)
     except ImportError as exc:
         raise ConfigError(
-            f"cannot import '{mod_name}' for model '{name}' ({exc}); install it or add its "
-            f"folder to PYTHONPATH"
+            f"cannot import '{mod_name}' for model '{name}' ({exc}); install it, run from "
+            f"the folder that holds it, or add that folder to PYTHONPATH"
         ) from None
     for part in attr_path.split("."):
         if not hasattr(obj, part):
@@ -79,6 +104,9 @@ def build_user_model(name: str, *, num_classes: int, in_channels: int, **kwargs:
         call_kwargs.setdefault("num_classes", num_classes)
     if "in_channels" in params:
         call_kwargs.setdefault("in_channels", in_channels)
+    elif "in_chans" in params or (takes_var_kw and mod_name.split(".")[0] == "timm"):
+        # timm's spelling: its model functions take **kwargs and pass in_chans to the class
+        call_kwargs.setdefault("in_chans", in_channels)
     try:
         model = obj(**call_kwargs)
     except TypeError as exc:

@@ -9,7 +9,10 @@ line naming the first tensors that differ.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +62,14 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
     kind = _sniff(p)
     if kind == "safetensors":
         state = _read_safetensors(p)
+    elif kind == "torch" and p.name.lower().endswith(".safetensors"):
+        # A pickle posing as safetensors (it used to fail deep in safetensors with "header
+        # too large"): say what it is, and how to read it safely on purpose.
+        raise ModelLoadError(
+            f"{p} is not a safetensors file: it is a PyTorch torch.save file (a pickle) named "
+            f".safetensors; import it with `edgeopt import {p} --model NAME` (it reads the file "
+            f"with torch.load(weights_only=True), which refuses code), or rename it to .pt"
+        )
     elif kind == "torch":
         state = _extract_state_dict(_read_torch(p), p)
     else:
@@ -67,8 +78,16 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
         raise ModelLoadError(
             f"{p} {what}; give a .safetensors file or a state_dict saved with torch.save"
         )
-    state = _strip_prefixes(state, model)
-    _check_fit(model, state, p)
+    file_meta = getattr(state, "_metadata", None)
+    stripped = _strip_prefixes(state, model)
+    _check_fit(model, stripped, p)
+    # Module versions (state_dict._metadata) are not stored in safetensors, and some modules
+    # need them to load (torchvision MNASNet: "version should be set to 1 or 2 instead of
+    # None"). A torch file keeps its own (unless prefixes were stripped from its keys);
+    # otherwise the versions of the model's own code are the right guess.
+    meta = file_meta if stripped is state else None
+    state = collections.OrderedDict(stripped)
+    state._metadata = meta if meta is not None else getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # pragma: no cover - _check_fit catches the usual cases
@@ -106,20 +125,46 @@ def _read_torch(p: Path) -> Any:
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4" is noise here
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            # a file object, not the path: torch.load reads any *.safetensors path as
+            # safetensors, whatever its bytes (the kind was sniffed from the bytes above)
+            with open(p, "rb") as fh:
+                return torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            raise ModelLoadError(
-                f"refused to load {p}: it holds objects or code that a weights-only load does "
-                f"not allow (it could run code); re-save it as a state_dict of tensors "
-                f"(torch.save(model.state_dict(), path)) or as safetensors"
-            ) from None
-        raise ModelLoadError(f"{p} is a corrupt PyTorch file ({exc}); re-save it") from None
+        refused = unsafe_load_refusal(
+            exc, p, "re-save it as a state_dict of tensors (torch.save(model.state_dict(), path)) "
+                    "or as safetensors")
+        if refused is not None:
+            raise refused from None
+        raise ModelLoadError(f"{p} is a corrupt PyTorch file ({brief(exc, 200)}); re-save it") from None
     except (EOFError, RuntimeError, ValueError, OSError) as exc:
         msg = brief(exc, 200)
         raise ModelLoadError(
             f"{p} is a corrupt or truncated PyTorch file ({msg}); re-save it"
         ) from None
+
+
+def unsafe_load_refusal(exc: BaseException, path: str | Path, fix: str) -> ModelLoadError | None:
+    """The one-line refusal of a file that ``torch.load(weights_only=True)`` refused, else None.
+
+    torch's own message advises re-running with ``weights_only=False``, which would run
+    whatever code the file carries: it is never repeated. The message names the global the
+    file needed (e.g. ``posix.system``), says the file was refused for safety, and ``fix``.
+
+    Example:
+        >>> e = pickle.UnpicklingError("Weights only load failed. ... Trying to load "
+        ...                            "unsupported GLOBAL posix.system whose module posix is blocked.")
+        >>> print(unsafe_load_refusal(e, "x.pt", "delete it"))
+        refused to load x.pt for safety: it is not a plain weights file (loading it needs posix.system, which could run code); delete it
+    """
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "weights only" not in text.lower():
+        return None
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    needs = f"loading it needs {m.group(1)}" if m else "it holds objects a plain weights file does not"
+    return ModelLoadError(
+        f"refused to load {path} for safety: it is not a plain weights file ({needs}, which could "
+        f"run code); {fix}"
+    )
 
 
 def _extract_state_dict(obj: Any, p: Path) -> dict[str, torch.Tensor]:
@@ -129,7 +174,9 @@ def _extract_state_dict(obj: Any, p: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return dict(obj)
+            out = collections.OrderedDict(obj)
+            out._metadata = getattr(obj, "_metadata", None)  # type: ignore[attr-defined]
+            return out
     raise ModelLoadError(
         f"{p} holds no state_dict (a dict of tensors, or a dict with a "
         f"{'/'.join(repr(k) for k in _STATE_KEYS)} key); save model.state_dict()"
@@ -171,4 +218,49 @@ def _check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], p: Path) -> 
         raise ModelLoadError(
             f"weights in {p} do not fit architecture '{arch}': {shown}{more}; build the model "
             f"with the architecture, kwargs and ModelSpec (classes, channels) they were trained with"
+        )
+
+
+def check_finite_weights(model: nn.Module, what: str) -> None:
+    """Raise NumericalError naming the first parameter or buffer that holds NaN or Inf.
+
+    A model with NaN weights computes NaN for every input: exporting, comparing or timing
+    it measures nothing, and a parity check would blame the export for it.
+
+    Args:
+        model: the model to check (float parameters and buffers; integer ones are skipped).
+        what: what was about to happen, for the message (e.g. ``"export to onnx"``).
+
+    Raises:
+        NumericalError: the tensor, how many of its values are NaN/Inf, and what to do.
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> check_finite_weights(m, "export")
+        >>> with torch.no_grad():
+        ...     _ = m.bias.fill_(float("nan"))
+        >>> check_finite_weights(m, "export")
+        Traceback (most recent call last):
+        ...
+        edgeopt.errors.NumericalError: cannot export: tensor 'bias' [2] holds 2 NaN and 0 Inf of 2 values; the model's weights are broken (a diverged training run?): retrain or load another checkpoint
+    """
+    from edgeopt.errors import NumericalError
+
+    params = {name for name, _ in model.named_parameters()}
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    for name, t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.is_meta:
+            continue
+        finite = torch.isfinite(t.detach())
+        if bool(finite.all()):
+            continue
+        # a buffer may hold -inf on purpose (an attention mask); batch-norm statistics may not
+        if name not in params and not name.endswith(("running_mean", "running_var")) \
+                and not bool(torch.isnan(t.detach()).any()):
+            continue
+        nan = int(torch.isnan(t.detach()).sum())
+        raise NumericalError(
+            f"cannot {what}: tensor '{name}' {list(t.shape)} holds {nan} NaN and "
+            f"{int((~finite).sum()) - nan} Inf of {t.numel()} values; the model's weights are "
+            f"broken (a diverged training run?): retrain or load another checkpoint"
         )

@@ -1,13 +1,15 @@
 """CIFAR ResNets (He et al. 2016, section 4.2) and torchvision ResNet-18 with a CIFAR stem.
 
-``resnet20`` / ``resnet56``: a 3x3 conv to 16 channels, then 3 stages of n basic blocks
+``resnet20`` / ``resnet32`` / ``resnet44`` / ``resnet56``: a 3x3 conv to 16 channels, then 3 stages of n basic blocks
 (16, 32, 64 channels; 32x32 -> 32x32 -> 16x16 -> 8x8), global average pool, fc; depth 6n+2.
 
 Shortcut: **option B** (a 1x1 conv + BatchNorm projection where the shape changes, identity
 elsewhere), not the paper's option A (zero-padding). Option B costs only 2,752 parameters
 (+1%) but is an ordinary conv, so structured pruning, quantization fusion and ONNX/TFLite
 export treat it like any other layer; option A's strided slice and channel padding are
-special cases for all of them.
+special cases for all of them. Checkpoints trained with option A (the common public CIFAR
+ResNets) import exactly: ``edgeopt import`` turns each zero-padding shortcut into the
+equivalent fixed 1x1 projection (edgeopt.models.converters).
 """
 
 from __future__ import annotations
@@ -88,6 +90,30 @@ def resnet20(*, num_classes: int, in_channels: int) -> nn.Module:
         272474
     """
     return CifarResNet(3, num_classes, in_channels)
+
+
+@MODELS.register("resnet32", help="CIFAR ResNet-32 (He et al. 2016, option B), ~0.47M params")
+def resnet32(*, num_classes: int, in_channels: int) -> nn.Module:
+    """CIFAR ResNet-32 (n=5).
+
+    Example:
+        >>> from edgeopt.models import count_parameters
+        >>> count_parameters(resnet32(num_classes=10, in_channels=3))
+        466906
+    """
+    return CifarResNet(5, num_classes, in_channels)
+
+
+@MODELS.register("resnet44", help="CIFAR ResNet-44 (He et al. 2016, option B), ~0.66M params")
+def resnet44(*, num_classes: int, in_channels: int) -> nn.Module:
+    """CIFAR ResNet-44 (n=7).
+
+    Example:
+        >>> from edgeopt.models import count_parameters
+        >>> count_parameters(resnet44(num_classes=10, in_channels=3))
+        661338
+    """
+    return CifarResNet(7, num_classes, in_channels)
 
 
 @MODELS.register("resnet56", help="CIFAR ResNet-56 (He et al. 2016, option B), ~0.86M params")

@@ -132,10 +132,18 @@ class QuantResult:
         }
 
 
-def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, threads: int = 1) -> dict[str, Any]:
+#: top-1 agreement of an int8 artifact with its fake-quant reference below which
+#: :func:`quantize` warns: the reference (and what is derived from it: the histograms, the
+#: sensitivity scan) then does not describe what the file computes.
+AGREEMENT_FLOOR = 0.99
+
+
+def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, threads: int = 1,
+                   labels: torch.Tensor | None = None) -> dict[str, Any]:
     """Top-1 agreement of ``artifact`` (run by its Runner) and ``reference`` on ``samples``.
 
-    Returns ``{"samples", "top1_agreement", "max_abs_diff", "mean_abs_diff"}``.
+    Returns ``{"samples", "top1_agreement", "max_abs_diff", "mean_abs_diff"}``, plus
+    ``"artifact_top1"`` (the artifact's accuracy) when ``labels`` are given.
     """
     from edgeopt.runtime import get_runner
 
@@ -146,12 +154,63 @@ def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, t
         reference.eval()
         want = torch.cat([reference(x[i:i + 64]) for i in range(0, len(x), 64)]).float().numpy()
     diff = np.abs(got - want)
-    return {
+    out = {
         "samples": len(x),
         "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
     }
+    if labels is not None:
+        out["artifact_top1"] = float((got.argmax(1) == labels.numpy()).mean())
+    return out
+
+
+def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float = AGREEMENT_FLOOR) -> str | None:
+    """The warning for an artifact that agrees with its reference on fewer than ``floor`` of
+    top-1 predictions, or None.
+
+    Example:
+        >>> agreement_warning({"samples": 512, "top1_agreement": 0.93}, QuantConfig(backend="litert"))[:52]
+        'the litert int8 artifact agrees with its fake-quant '
+    """
+    a = agreement.get("top1_agreement")
+    if a is None or a >= floor:
+        return None
+    engine = f" ({cfg.engine})" if cfg.backend == "torch" else ""
+    return (
+        f"the {cfg.backend}{engine} int8 artifact agrees with its fake-quant PyTorch reference on only "
+        f"{100 * a:.2f} % of top-1 predictions ({agreement.get('samples')} held-out images; floor "
+        f"{100 * floor:g} %; max |logit diff| {agreement.get('max_abs_diff', float('nan')):.3g}): the file "
+        f"computes something its reference does not model, so the reference's ranges, histograms and "
+        f"sensitivity figures do not describe the file (its accuracy and latency are still measured on "
+        f"the file itself)"
+    )
+
+
+def accuracy_warning(float_top1: float, int8_top1: float, n: int, split: str, cfg: QuantConfig) -> str | None:
+    """The warning for an artifact that loses more than ``cfg.accuracy_margin`` points of
+    top-1 against the float model on held-out images, or None.
+
+    Example:
+        >>> accuracy_warning(0.81, 0.775, 512, "val", QuantConfig(calibration="entropy"))[:60]
+        'int8 (static, calibration entropy) loses 3.50 points of top-'
+    """
+    drop = 100 * (float_top1 - int8_top1)
+    if not drop > cfg.accuracy_margin:
+        return None
+    how = f"{cfg.method}, calibration {cfg.calibration}" if cfg.method == "static" else cfg.method
+    if cfg.method == "static" and cfg.calibration == "percentile":
+        hint = f"try --calibration minmax (the default) or a higher --percentile (99.99; this run kept {cfg.percentile:g})"
+    elif cfg.method == "static" and cfg.calibration != "minmax":
+        hint = "try --calibration minmax (the default) or percentile"
+    elif cfg.method == "static":
+        hint = "try --calibration percentile, --method qat or --max-drop (layers kept float)"
+    else:
+        hint = "try --max-drop (layers kept float)" if cfg.method == "qat" else "try --method static"
+    return (
+        f"int8 ({how}) loses {drop:.2f} points of top-1 against fp32 on {n} held-out {split} images "
+        f"(fp32 {100 * float_top1:.2f} %, int8 {100 * int8_top1:.2f} %; margin {cfg.accuracy_margin:g}): {hint}"
+    )
 
 
 def resolve_keep_float(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -214,11 +273,17 @@ def quantize(
     reason = backend.available()
     if reason is not None:
         raise MissingDependencyError(reason)
-    get_spec(model)  # a model without spec fails here, before any work
+    from edgeopt._io import ensure_writable_file
+    from edgeopt.data import data_for_model
+
+    # a model without spec fails here, before any work; calibration, the agreement check and
+    # the held-out check all see images normalised the model's way, never the dataset's
+    data = data_for_model(data, get_spec(model))
     out = Path(out_path)
     suffix = backend.suffix_for(cfg)
     if out.suffix != suffix:
         out = out.with_name(out.name + suffix)
+    ensure_writable_file(out, "output file", allow_dir=True)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     if cfg.max_drop is not None:
@@ -243,12 +308,27 @@ def quantize(
     finally:
         PROGRESS.reset(token)
     agreement = None
-    if verify and built.reference is not None:
-        samples, _ = data.samples(cfg.verify_samples, split="val" if len(data.split("val")) else "test",
-                                  seed=cfg.seed + 1)
-        agreement = top1_agreement(built.reference, built.artifact, samples)
-        _log(progress, f"int8 artifact vs fake-quant reference: top-1 agreement "
-                       f"{100 * agreement['top1_agreement']:.2f} % on {agreement['samples']} images")
+    held_out = None
+    warns = list(built.warnings)
+    if verify and (built.reference is not None or cfg.accuracy_check):
+        split = "val" if len(data.split("val")) else "test"
+        samples, labels = data.samples(cfg.verify_samples, split=split, seed=cfg.seed + 1)
+        if built.reference is not None:
+            agreement = top1_agreement(built.reference, built.artifact, samples,
+                                       labels=labels if cfg.accuracy_check else None)
+            _log(progress, f"int8 artifact vs fake-quant reference: top-1 agreement "
+                           f"{100 * agreement['top1_agreement']:.2f} % on {agreement['samples']} images")
+            w = agreement_warning(agreement, cfg)
+            if w:
+                warns.append(w)
+        if cfg.accuracy_check:
+            held_out = _held_out_check(model, built.artifact, samples, labels, split, agreement)
+            w = accuracy_warning(held_out["float_top1"], held_out["int8_top1"], held_out["samples"], split, cfg)
+            if w:
+                warns.append(w)
+    built.warnings = warns
+    if held_out is not None:
+        built.meta["held_out_check"] = {**held_out, "margin": cfg.accuracy_margin}
     art = built.artifact
     art.meta["quantization"] = {
         **{k: v for k, v in cfg.to_dict().items() if not k.startswith("qat_") or cfg.method == "qat"},
@@ -262,6 +342,25 @@ def quantize(
         _log(progress, f"warning: {w}")
     return QuantResult(art, built.reference, cfg, built.float_layers, built.warnings, agreement,
                        built.qparams, time.perf_counter() - t0, dict(built.meta))
+
+
+def _held_out_check(model: nn.Module, artifact: Any, samples: torch.Tensor, labels: torch.Tensor, split: str,
+                    agreement: dict[str, Any] | None) -> dict[str, Any]:
+    """Top-1 of the float model and of the int8 artifact on the same held-out images (the
+    artifact's predictions are the agreement check's when it ran)."""
+    with torch.no_grad():
+        float_pred = torch.cat([model(samples[i:i + 64]) for i in range(0, len(samples), 64)]).argmax(1)
+    float_top1 = float((float_pred == labels).double().mean())
+    if agreement is not None and "artifact_top1" in agreement:
+        int8_top1 = agreement["artifact_top1"]
+    else:
+        from edgeopt.runtime import get_runner
+
+        r = get_runner(artifact, threads=1)
+        pred = np.concatenate([r.predict(samples[i:i + 64].numpy()) for i in range(0, len(samples), 64)]).argmax(1)
+        int8_top1 = float((pred == labels.numpy()).mean())
+    return {"samples": len(samples), "split": split, "float_top1": round(float_top1, 5),
+            "int8_top1": round(int8_top1, 5), "drop_points": round(100 * (float_top1 - int8_top1), 3)}
 
 
 def _log(progress: bool, msg: str) -> None:

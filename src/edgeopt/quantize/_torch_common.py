@@ -190,6 +190,53 @@ def activation_observer(cfg: QuantConfig, minmax: type, qmax: int) -> Any:
     return range_observer(minmax).with_args(method=cfg.calibration, percentile=cfg.percentile, **kw)
 
 
+def keepdim_means(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite ``x.mean(dims)`` as ``x.mean(dims, keepdim=True).squeeze(dims)``, in place.
+
+    torch's quantized ``mean`` without ``keepdim`` fails with "required rank 4 tensor to use
+    channels_last format" when its input is ``[N, C, 1, 1]`` in channels_last (the int8
+    conv's output layout): ShuffleNetV2's ``x.mean([2, 3])`` global pool at 32x32 input.
+    With ``keepdim=True`` the result stays 4-D, then the reduced dims are squeezed: the same
+    values (checked for float) and shape.
+
+    Example:
+        >>> class Pool(nn.Module):
+        ...     def forward(self, x):
+        ...         return x.mean([2, 3])
+        >>> gm = keepdim_means(torch.fx.symbolic_trace(Pool()))
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> torch.equal(gm(x), x.mean([2, 3]))
+        True
+    """
+    changed = False
+    for node in list(gm.graph.nodes):
+        if not ((node.op == "call_method" and node.target == "mean")
+                or (node.op == "call_function" and node.target is torch.mean)):
+            continue
+        args, kwargs = list(node.args), dict(node.kwargs)
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        if keep is not False or isinstance(dims, bool):
+            continue
+        if isinstance(dims, int):
+            dims = (dims,)
+        if not (isinstance(dims, (list, tuple)) and dims and all(isinstance(d, int) for d in dims)):
+            continue  # a mean over everything, or dims computed at run time: left alone
+        if len(args) > 2:
+            args[2] = True
+        else:
+            kwargs["keepdim"] = True
+        node.args, node.kwargs = tuple(args), kwargs
+        with gm.graph.inserting_after(node):
+            squeezed = gm.graph.call_method("squeeze", (node, tuple(dims)))
+        node.replace_all_uses_with(squeezed, delete_user_cb=lambda user, new=squeezed: user is not new)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
 def calibrate(prepared: nn.Module, calibration: torch.Tensor) -> None:
     with torch.no_grad():
         for i in range(0, len(calibration), CALIB_BATCH):

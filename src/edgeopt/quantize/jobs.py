@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeopt._io import ensure_writable_dir, ensure_writable_file
 from edgeopt.quantize.config import QuantConfig
 
 
@@ -58,7 +59,7 @@ def write_histograms(model: Any, result: Any, data: Any, out_dir: Path, stem: st
 def quantize_checkpoint(
     checkpoint: str | Path, config: QuantConfig, out: str | Path | None = None, data: Any = None,
     *, evaluate: bool = True, histograms: bool = True, threads: int = 1, latency_runs: int = 100,
-    progress: bool = True,
+    progress: bool = True, resize: bool = False,
 ) -> dict[str, Any]:
     """Quantize a checkpoint; return a summary with the fp32 and int8 rows when ``evaluate``.
 
@@ -66,21 +67,26 @@ def quantize_checkpoint(
         checkpoint: an edgeopt checkpoint (``.safetensors`` + ``.json``).
         config: the :class:`QuantConfig`.
         out: the artifact path; None: :func:`default_out`.
-        data: a ``DataConfig``; None: the dataset the checkpoint records.
+        data: a ``DataConfig``; None: the dataset the checkpoint records. Images are fed
+            with the checkpoint's own preprocessing (edgeopt.pipeline.load_data_for).
         evaluate: measure fp32 (torch eager) and the int8 artifact on the test split.
         histograms: write weight and activation histogram PNGs beside the artifact.
         threads: inference threads for the measurements.
+        resize: resize data of another image size to the checkpoint's.
 
     Returns:
         ``{"artifact", "quantization": QuantResult.to_dict(), "figures", "variants"}``.
     """
     from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import resolve_dataset
+    from edgeopt.pipeline import load_data_for
     from edgeopt.quantize._base import quantize
+    from edgeopt.runtime import check_threads
 
-    model, _ = load_checkpoint(checkpoint)
-    dm = resolve_dataset(checkpoint, data).load()
+    threads = check_threads(threads)  # [1, MAX_THREADS], before any work (0 was accepted)
     out_path = Path(out) if out is not None else default_out(checkpoint, config)
+    ensure_writable_file(out_path, "output file", allow_dir=True)  # before any work (the suffix comes later)
+    model, _ = load_checkpoint(checkpoint)
+    dm = load_data_for(checkpoint, data, resize=resize)  # calibration with the model's own spec
     result = quantize(model, config, dm, out_path, progress=progress)
     summary: dict[str, Any] = {"artifact": str(result.artifact.path), "quantization": result.to_dict(),
                                "figures": [], "variants": []}
@@ -98,14 +104,16 @@ def quantize_checkpoint(
 
 
 def scan_checkpoint(checkpoint: str | Path, config: QuantConfig, out_dir: str | Path | None = None,
-                    data: Any = None, *, samples: int = 512, progress: bool = True) -> dict[str, Any]:
+                    data: Any = None, *, samples: int = 512, progress: bool = True,
+                    resize: bool = False) -> dict[str, Any]:
     """Run :func:`~edgeopt.quantize.sensitivity.scan_sensitivity` on a checkpoint's model."""
     from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import resolve_dataset
+    from edgeopt.pipeline import load_data_for
     from edgeopt.quantize.sensitivity import scan_sensitivity
 
-    model, _ = load_checkpoint(checkpoint)
-    dm = resolve_dataset(checkpoint, data).load()
     p = Path(checkpoint)
     target = Path(out_dir) if out_dir is not None else p.with_name(p.name.split(".")[0] + "_quant_scan")
+    ensure_writable_dir(target, "out_dir")  # before any work
+    model, _ = load_checkpoint(checkpoint)
+    dm = load_data_for(checkpoint, data, resize=resize)
     return scan_sensitivity(model, dm, config, target, samples=samples, progress=progress).to_dict()

@@ -94,7 +94,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """
     from torch.fx.experimental.optimization import fuse
 
-    src = copy.deepcopy(model).eval()
+    src = _split_norm_act(copy.deepcopy(model).eval())
     try:
         folded = fuse(src, inplace=True)
     except Exception as exc:  # noqa: BLE001 - untraceable control flow: keep the model, say so
@@ -105,6 +105,28 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if hasattr(model, attr):
             setattr(folded, attr, getattr(model, attr))
     return folded.eval()
+
+
+def _split_norm_act(model: nn.Module) -> nn.Module:
+    """Replace fused norm+activation modules (timm's ``BatchNormAct2d``: a BatchNorm2d subclass
+    that also applies ``drop`` and ``act``) by ``Sequential(BatchNorm2d, drop, act)``, in place.
+
+    torch.fx's fuse folds only a plain BatchNorm after a conv; timm builds EfficientNet-Lite,
+    MobileNetV3 and others from BatchNormAct2d, whose convs were otherwise left unfolded (and
+    their int8 ranges unchecked). Same numbers: its forward is batch_norm, then drop, then act.
+    """
+    for name, mod in list(model.named_modules()):
+        if (type(mod) is not nn.BatchNorm2d and isinstance(mod, nn.BatchNorm2d)
+                and isinstance(getattr(mod, "act", None), nn.Module)
+                and isinstance(getattr(mod, "drop", None), nn.Module)):
+            bn = nn.BatchNorm2d(mod.num_features, eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                                track_running_stats=mod.track_running_stats)
+            bn.load_state_dict(nn.BatchNorm2d.state_dict(mod), strict=False)
+            bn.eval()
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, nn.Sequential(bn, mod.drop, mod.act))
+    return model
 
 
 def check_finite(model: nn.Module, x: torch.Tensor, what: str = "calibration images") -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt._io import write_json_atomic, write_with_atomic
+from edgeopt._io import ensure_writable_dir, write_json_atomic, write_with_atomic
 from edgeopt.quantize.config import QuantConfig
 
 
@@ -86,6 +86,9 @@ def scan_sensitivity(
     Returns:
         A :class:`SensitivityReport`, rows sorted most sensitive first.
 
+    Raises:
+        ConfigError: ``out_dir`` is (under) a file or not writable, before any work.
+
     Example:
         >>> from edgeopt.data import get_dataset
         >>> from edgeopt.models import create_model
@@ -99,6 +102,8 @@ def scan_sensitivity(
     from edgeopt.quantize.simulate import QuantSim, calibrate
 
     cfg = config or QuantConfig()
+    if out_dir is not None:
+        ensure_writable_dir(out_dir, "out_dir")  # before the scan, not after it
     folded = fold_batchnorm(model)
     layers = quantizable_layers(folded)
     calib = data.calibration(cfg.calibration_samples, seed=cfg.seed)

@@ -49,13 +49,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt.errors import MissingDependencyError, UnsupportedModelError
+from edgeopt.errors import MissingDependencyError, UnsupportedModelError, brief
 from edgeopt.quantize._base import Built, QuantBackend
 from edgeopt.quantize._torch_common import (
     CALIB_BATCH,
     activation_observer,
     activation_qmax,
     calibrate,
+    keepdim_means,
     qat_finetune,
     quantized_engine,
     quiet,
@@ -278,7 +279,7 @@ def _fx_static(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, ke
     else:
         calibrate(prepared, calibration)
     reference = convert_to_reference_fx(copy.deepcopy(prepared))
-    int8_model = convert_fx(prepared)
+    int8_model = keepdim_means(convert_fx(prepared))  # quantized mean([2, 3]) on [N, C, 1, 1]
     int8, floats, warns = _layer_report(model, int8_model, keep_float, cfg.engine, "static")
     mods = dict(int8_model.named_modules())
     inputs = _fx_input_qparams(int8_model)
@@ -287,7 +288,12 @@ def _fx_static(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, ke
         w = int8_weight_qparams(mods[n])
         if w is not None:
             qparams[n] = {"weight": w, **({"input": inputs[n]} if n in inputs else {})}
-    agree = _agreement(reference, int8_model, calibration[:256])
+    try:
+        agree = _agreement(reference, int8_model, calibration[:256])
+    except RuntimeError as exc:  # an int8 kernel that refuses a layout or shape: one line
+        raise UnsupportedModelError(
+            f"the torch.ao int8 model ({cfg.engine}) of {type(model).__name__} fails to run: "
+            f"{brief(exc, 200)}; quantize it with --backend onnxruntime") from None
     if agree < 0.99:
         warns.append(f"the torch.ao reference model agrees with the int8 model on only {100 * agree:.1f} % of "
                      f"calibration images (top-1); the agreement check is weaker than usual")

@@ -10,7 +10,7 @@ from edgeopt._io import write_text_atomic
 
 # (header, function of a variant dict -> cell text). One place defines the columns, so the
 # Markdown and HTML tables and the terminal table never disagree.
-_MB = 1024 * 1024
+_MB = 1e6  # file sizes in MB = 10**6 bytes (as bench/ and `edgeopt bench --compare`); memory in MiB
 
 
 def _get(d: dict[str, Any], *keys: str) -> Any:
@@ -35,7 +35,31 @@ def _parity(v: dict[str, Any]) -> str:
     if not p:
         return "–"
     mark = "ok" if p.get("passed") else "FAIL"
-    return f"{mark} (max {p.get('max_abs_diff', 0):.1e}, top-1 {100 * p.get('top1_agreement', 0):.1f}%)"
+    rel = f", rel {p['max_rel_diff']:.1e}" if isinstance(p.get("max_rel_diff"), (int, float)) else ""
+    return f"{mark} (max {p.get('max_abs_diff', 0):.1e}{rel}, top-1 {100 * p.get('top1_agreement', 0):.1f}%)"
+
+
+def variant_warnings(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(variant name, warning)`` for every warning a variant carries: its quantization
+    warnings (low agreement with the fake-quant reference, accuracy lost on the held-out
+    check, layers left float, a runtime clipping ranges) and a failed parity check.
+
+    Example:
+        >>> variant_warnings({"variants": [{"name": "int8", "quantization": {"warnings": ["low"]}}]})
+        [('int8', 'low')]
+    """
+    out = []
+    for v in results.get("variants") or []:
+        if not isinstance(v, dict):
+            continue
+        name = str(v.get("name", "?"))
+        q = v.get("quantization") if isinstance(v.get("quantization"), dict) else {}
+        for w in list(q.get("warnings") or []) + list(v.get("warnings") or []):
+            out.append((name, str(w)))
+        p = v.get("parity")
+        if isinstance(p, dict) and p.get("passed") is False:
+            out.append((name, "parity FAILED: " + "; ".join(map(str, p.get("failures") or ["see the parity report"]))))
+    return out
 
 
 COLUMNS: list[tuple[str, Any]] = [
@@ -49,14 +73,14 @@ COLUMNS: list[tuple[str, Any]] = [
     ("gzip MB", lambda v: _fmt(_get(v, "size", "gzip_bytes"), ".3f", 1 / _MB)),
     ("params", lambda v: _fmt(_get(v, "size", "params"), ",.0f")),
     ("MMACs", lambda v: _fmt(_get(v, "macs", "total_macs"), ".2f", 1e-6)),
-    ("peak MB", lambda v: _fmt(_get(v, "memory", "peak_rss_mb"), ".1f")),
+    ("peak MiB", lambda v: _fmt(_get(v, "memory", "peak_rss_mb"), ".1f")),  # VmHWM: KiB -> MiB
     ("energy µJ*", lambda v: _fmt(_get(v, "energy", "total_uJ"), ".2f")),
     ("parity", _parity),
 ]
 
 
 # The columns that fit an 80-column terminal; the files carry them all.
-COMPACT = ("variant", "top-1 %", "p50 ms (b=1)", "p99 ms (b=1)", "size MB", "peak MB", "parity")
+COMPACT = ("variant", "top-1 %", "p50 ms (b=1)", "p99 ms (b=1)", "size MB", "peak MiB", "parity")
 
 
 def _short_parity(v: dict[str, Any]) -> str:
@@ -183,12 +207,17 @@ def render_markdown(
         "",
         (
             "Every figure was measured on the artifact itself, in its runtime: size is the file "
-            "you would ship (gzip'd: what it costs over a network); peak MB is the peak resident "
+            "you would ship, in MB of 10^6 bytes (gzip'd: what it costs over a network); peak MiB "
+            "(2^20 bytes) is the peak resident "
             "memory of a fresh process that loads the artifact and runs inference; "
             "\\* energy is an **estimate** from MACs and bytes moved with the 45 nm per-operation "
             "energies of Horowitz (ISSCC 2014), not a measurement."
         ),
     ]
+    warned = variant_warnings(results)
+    if warned:  # right after the table: a number with a warning must not be read without it
+        lines += ["", "## Warnings", ""]
+        lines += [f"- **{name}**: {w}" for name, w in warned]
     for p in plots or []:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     lines += _figures_markdown(results, base_dir)
@@ -213,7 +242,11 @@ def render_html(
         f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         for p in plot_pngs
     )
+    warned = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(w)}</li>" for name, w in variant_warnings(results))
+    if warned:
+        warned = f"<h2>Warnings</h2><ul class='warnings'>{warned}</ul>"
     style = (
+        ".warnings li{color:#8a4b00}"
         "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,td:nth-child(2){text-align:left}img{max-width:48%;margin:1em 1% 0 0}"
@@ -227,6 +260,7 @@ def render_html(
         f"<p>{html.escape(_settings_line(results))}.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         "<p>* energy is an estimate (Horowitz, ISSCC 2014, 45 nm), not a measurement.</p>"
+        f"{warned}"
         f"{imgs}{_figures_html(results, base_dir)}</body></html>\n"
     )
 

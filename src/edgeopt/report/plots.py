@@ -40,7 +40,7 @@ def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         return []
     axes = [
         ("pareto_latency.png", "batch-1 median latency (ms)", lambda v: ((v.get("latency") or {}).get("batch1") or {}).get("median_ms")),
-        ("pareto_size.png", "size on disk (MB)", lambda v: (v.get("size") or {}).get("bytes", 0) / 2**20),
+        ("pareto_size.png", "size on disk (MB, 10^6 bytes)", lambda v: (v.get("size") or {}).get("bytes", 0) / 1e6),
     ]
     written = []
     for fname, xlabel, xf in axes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -74,11 +75,21 @@ class TorchVersionMixin:
 
 
 def check_threads(threads: Any) -> int:
-    """``threads`` as a positive int (None -> :data:`DEFAULT_THREADS`); else ConfigError."""
+    """``threads`` as an int in ``[1, MAX_THREADS]`` (None -> :data:`DEFAULT_THREADS`); else ConfigError.
+
+    Example:
+        >>> check_threads(None), check_threads(4)
+        (1, 4)
+    """
+    from edgeopt.config import MAX_THREADS
+
     if threads is None:
         return DEFAULT_THREADS
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ConfigError(f"threads={threads!r} must be an integer >= 1")
+    if threads > MAX_THREADS:  # one OS thread each: a typo like 100000 hung the process
+        raise ConfigError(f"threads={threads!r} must be in [1, {MAX_THREADS}] "
+                          f"(threads per process; this machine has {os.cpu_count()} CPUs)")
     return int(threads)
 
 

@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeoptError as exc:
         print(exc.one_line(), file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:
+        from edgeopt.errors import interrupt_note
+
+        print(interrupt_note(exc) or "interrupted before training started; nothing was written",
+              file=sys.stderr, flush=True)
+        return 130
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, DataError
 from edgeopt.spec import SPEC_ATTR
 from edgeopt.train.state import (
     STATE_FILE,
@@ -47,6 +47,38 @@ def check_model_matches_data(model: nn.Module, data) -> None:
             f"but dataset '{getattr(data, 'name', '?')}' has {tuple(d.input_shape)} with "
             f"{d.num_classes}; create the model from the dataset's spec"
         )
+
+
+def check_classes(data) -> None:
+    """A dataset with one class cannot train a classifier: a one-line DataError.
+
+    Cross-entropy over a single logit is 0 for every image, so nothing is learnt and the
+    accuracy is 100 % by construction. With two or more classes of which a split holds
+    only one, training runs, with an EdgeoptWarning (the CLI shows it as one line): on the
+    train split the model learns to answer that class, on val/test the accuracy measures
+    nothing.
+    """
+    spec, name = data.spec, getattr(data, "name", "?")
+    if spec.num_classes < 2:
+        raise DataError(
+            f"dataset '{name}' has {spec.num_classes} class ({', '.join(spec.names())}): a classifier "
+            f"needs at least 2 (with one, the loss is 0 and the accuracy 100 % whatever the model "
+            f"learns); add a folder per class under train/ and test/"
+        )
+    import warnings
+
+    from edgeopt.errors import EdgeoptWarning
+
+    for split in ("train", "val", "test"):
+        labels = getattr(getattr(data, split, None), "labels", None)
+        if labels is None or not len(labels) or int(labels.unique().numel()) != 1:
+            continue
+        only = spec.names()[int(labels[0])]
+        why = (f"the model learns to answer '{only}'" if split == "train"
+               else f"its {split} accuracy measures nothing")
+        warnings.warn(
+            f"the {split} split of '{name}' holds only class '{only}' ({len(labels)} images) of "
+            f"{spec.num_classes}: {why}", EdgeoptWarning, stacklevel=3)
 
 
 def lineage(model: nn.Module, config) -> list[dict[str, Any]]:
@@ -100,17 +132,18 @@ OWN_FILES = (STATE_FILE, "last.safetensors", "last.json", "best.safetensors", "b
 
 
 def remove_stale_temps(out_dir: Path) -> list[Path]:
-    """Delete temporary files a killed run left behind (``.NAME.XXXX.tmp`` of our files).
+    """Delete temporary files a killed run left behind (``.NAME.p<pid>-XXXX.tmp`` of our files).
 
     An atomic write renames its temporary file only on success; a SIGKILL in the middle
-    leaves the temporary behind (never a torn real file). Only our own names are touched.
+    leaves the temporary behind (never a torn real file). Only our own names are touched,
+    and only those whose writer is gone (see :func:`edgeopt._io.remove_stale_temps`).
     """
-    removed = []
+    from edgeopt._io import remove_stale_temps as remove_for
+
+    removed: list[Path] = []
     if out_dir.is_dir():
         for name in OWN_FILES:
-            for p in out_dir.glob(f".{name}.*.tmp"):
-                p.unlink(missing_ok=True)
-                removed.append(p)
+            removed += remove_for(out_dir / name)
     return removed
 
 
@@ -125,4 +158,21 @@ def load_resume_state(config, model: nn.Module, data, progress) -> dict[str, Any
                          "starting fresh")
         return None
     check_compatible(state, model, data_key(data), config.batch_size, out_dir / STATE_FILE)
+    check_epochs(state, config.epochs, out_dir)
     return state
+
+
+def check_epochs(state: dict[str, Any], epochs: int, out_dir: Path) -> None:
+    """Refuse to resume a run with fewer epochs than it has already run (or begun).
+
+    Resuming would run nothing, then rewrite ``last`` with a lineage that claims the
+    shorter training: the finished run's files are left untouched instead.
+    """
+    begun = int(state.get("epoch", 0)) + (1 if state.get("step_in_epoch") else 0)
+    if epochs < begun:
+        what = "has run" if not state.get("step_in_epoch") else "has begun"
+        raise ConfigError(
+            f"cannot resume {out_dir} with epochs={epochs}: that run {what} {begun} epoch(s); "
+            f"resume with --epochs {begun} or more to continue it, or train into another "
+            f"--out-dir (nothing was changed)"
+        )

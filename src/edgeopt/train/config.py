@@ -109,6 +109,8 @@ class TrainConfig(Config):
             if getattr(self, name) is not None:
                 self._check_int(name)
                 self._check_range(name, 1, None)
+        self._check_threads("threads")
+        self._check_batch_size("batch_size")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "gamma",
                      "label_smoothing"):
             self._check_number(name)

@@ -120,6 +120,12 @@ def load_train_state(out_dir: str | Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or unsafe pickles all end here
+        from edgeopt.models.weights import unsafe_load_refusal
+
+        # never torch's advice to retry with weights_only=False: that would run the file's code
+        refused = unsafe_load_refusal(exc, path, "delete it (or use another out_dir) to start fresh")
+        if refused is not None:
+            raise refused from None
         msg = brief(exc, 200)
         raise ModelLoadError(
             f"cannot load {path} (corrupt or not an edgeopt train state: {msg}); "

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeopt.errors import ConfigError, brief
+from edgeopt._io import dir_lock, ensure_writable_dir
+from edgeopt._oom import batch_memory
+from edgeopt.errors import ConfigError, brief, note_interrupt
 from edgeopt.train import _checkpoints as ckpt
 from edgeopt.train._metrics import RunningMetrics
 from edgeopt.train.config import TrainConfig
@@ -165,24 +167,51 @@ class Trainer:
             A :class:`TrainResult`.
 
         Raises:
-            ConfigError: bad settings for this device/model/data, or a resume mismatch.
+            ConfigError: bad settings for this device/model/data, a resume mismatch, an
+                ``out_dir`` that is a file or not writable (before any work), or an
+                ``out_dir`` another live run is writing to (its pid is in the message).
+            OutputError: a checkpoint cannot be written (disk full, read-only).
             ModelLoadError: the saved train state belongs to another model.
             NumericalError: the loss became NaN/Inf (the message names the step).
         """
         cfg = self.config
+        if cfg.out_dir:
+            ensure_writable_dir(cfg.out_dir, "out_dir")  # not after an epoch of work
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
+        self._saved_at: tuple[int, int] | None = None
         self.dist = ctx = setup_distributed(cfg.device)
         try:
-            return self._fit(model, data, ctx)
+            # One run per out_dir: two would overwrite each other's best checkpoint.
+            lock = (dir_lock(cfg.out_dir, "out_dir") if cfg.out_dir and ctx.is_main
+                    else contextlib.nullcontext())
+            with lock, batch_memory("training", cfg.batch_size):  # an OOM is one line
+                return self._fit(model, data, ctx)
+        except KeyboardInterrupt as exc:
+            note_interrupt(exc, self._interrupt_note())
+            raise
         finally:
             ctx.close()
+
+    def _interrupt_note(self) -> str:
+        """What an interrupted run kept, and how to continue (printed by the CLI)."""
+        out = self.config.out_dir
+        if not out:
+            return "interrupted: nothing was saved (no out_dir); give --out-dir to be able to resume"
+        if self._saved_at is not None:
+            epoch, step = self._saved_at
+            where = f"epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
+            return f"interrupted: finished steps are kept in {out} ({where}); re-run with --resume to continue"
+        if (Path(out) / ckpt.STATE_FILE).is_file():
+            return f"interrupted: finished steps are kept in {out}; re-run with --resume to continue"
+        return f"interrupted before the first checkpoint; nothing to resume in {out}"
 
     def _fit(self, model: nn.Module, data, ctx: DistContext) -> TrainResult:
         cfg = self.config
         self.device = dev = ctx.device
         self._check_precision(dev)
         ckpt.check_model_matches_data(model, data)
+        ckpt.check_classes(data)  # one class: nothing to learn, 100 % by construction
         seed_everything(cfg.seed)
         self.model = model = model.to(dev)
         if cfg.channels_last:
@@ -239,6 +268,7 @@ class Trainer:
                 ckpt.save_state(out_dir, self, data, epoch=epoch, step_in_epoch=step_in_epoch,
                                 history=history, best=best, bad_epochs=bad_epochs,
                                 running=running, seconds=seconds, finished=done)
+                self._saved_at = (epoch, step_in_epoch)
 
         stopped_early = False
         model.train()

@@ -1,0 +1,72 @@
+"""Quantization honesty: a low agreement with the fake-quant reference and an accuracy lost on
+the held-out check are warnings in the QuantResult, the sidecar, results.json rows and the
+report (Markdown and HTML); a calibration that loses nothing says nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeopt.quantize import _base
+from edgeopt.quantize._base import AGREEMENT_FLOOR, quantize
+from edgeopt.quantize.config import QuantConfig
+from edgeopt.report.markdown import render_html, render_markdown
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _rendered(res, name: str) -> tuple[str, str]:
+    """The report of a results file whose one int8 row is built as pipeline._quantized_variants builds it."""
+    row = {"name": name, "runtime": "onnxruntime",
+           "quantization": {"agreement": res.agreement, "float_layers": res.float_layers, "warnings": res.warnings}}
+    results = json.loads(json.dumps({"run": "t", "variants": [row]}))  # what results.json holds
+    return render_markdown(results), render_html(results, [])
+
+
+def test_low_agreement_is_a_warning_everywhere(digits_cnn, digits_data, tmp_path, monkeypatch):
+    real = _base.top1_agreement
+
+    def low(*args, **kwargs):  # the file "disagrees" with its reference on 7 % of images
+        return {**real(*args, **kwargs), "top1_agreement": 0.93}
+
+    monkeypatch.setattr(_base, "top1_agreement", low)
+    res = quantize(digits_cnn, QuantConfig(), digits_data, tmp_path / "m", progress=False)
+    assert AGREEMENT_FLOOR == 0.99
+    (w,) = [w for w in res.warnings if "fake-quant PyTorch reference" in w]
+    assert "only 93.00 % of top-1" in w and "floor 99 %" in w and "onnxruntime" in w
+    assert w in res.to_dict()["warnings"]
+    side = json.loads(res.artifact.sidecar_path.read_text())["meta"]["quantization"]
+    assert w in side["warnings"]
+    md, page = _rendered(res, "int8 onnxruntime")
+    assert "## Warnings" in md and f"- **int8 onnxruntime**: {w}" in md
+    assert "<h2>Warnings</h2>" in page and "only 93.00 % of top-1" in page
+
+
+def test_a_calibration_that_loses_accuracy_says_so(digits_cnn, digits_data, tmp_path):
+    """Percentile 50 clips half of every activation range: a real loss, named with its method."""
+    res = quantize(digits_cnn, QuantConfig(calibration="percentile", percentile=50.0), digits_data,
+                   tmp_path / "p50", progress=False)
+    check = res.meta["held_out_check"]
+    assert check["split"] == "val" and check["samples"] == 143 and check["drop_points"] > 1.0, check
+    (w,) = [w for w in res.warnings if "loses" in w]
+    assert "calibration percentile" in w and "minmax" in w and f"{check['drop_points']:.2f} points" in w
+    assert "margin 1" in w
+    side = json.loads(res.artifact.sidecar_path.read_text())["meta"]["quantization"]
+    assert w in side["warnings"] and side["held_out_check"]["drop_points"] == check["drop_points"]
+    md, page = _rendered(res, "int8 onnxruntime")
+    assert w in md and "calibration percentile" in page
+    # the margin is the user's: a wide one accepts the loss, accuracy_check=False skips the check
+    wide = quantize(digits_cnn, QuantConfig(calibration="percentile", percentile=50.0, accuracy_margin=100.0),
+                    digits_data, tmp_path / "wide", progress=False)
+    assert not [w for w in wide.warnings if "loses" in w]
+    off = quantize(digits_cnn, QuantConfig(accuracy_check=False), digits_data, tmp_path / "off", progress=False)
+    assert "held_out_check" not in off.meta
+
+
+def test_a_calibration_that_loses_nothing_says_nothing(digits_cnn, digits_data, tmp_path):
+    res = quantize(digits_cnn, QuantConfig(), digits_data, tmp_path / "m", progress=False)
+    check = res.meta["held_out_check"]
+    assert check["drop_points"] <= 1.0 and res.warnings == [], (check, res.warnings)  # measured 0.0
+    md, page = _rendered(res, "int8 onnxruntime")
+    assert "Warnings" not in md and "Warnings" not in page
