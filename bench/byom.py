@@ -7,7 +7,7 @@ What a user with a model trained elsewhere does, for each architecture:
    class, and saves ``{"state_dict": {"module.<name>": tensor}}`` as DataParallel code does;
 2. ``edgeopt import`` (:func:`edgeopt.models.importing.import_weights`) with
    ``--preset imagenet --input-size 32 --data imagefolder:...`` -> an edgeopt checkpoint;
-3. every export format through ``edgeopt export`` (:func:`edgeopt.pipeline.export_path`),
+3. every export format through ``edgeopt export`` (:func:`edgeopt.jobs.export_path`),
    each checked against PyTorch on real test images (parity relative to the logits' scale,
    top-1 agreement), and every int8 backend through ``edgeopt quantize``
    (:func:`edgeopt.quantize.jobs.quantize_checkpoint`), each checked against its fake-quant
@@ -106,9 +106,9 @@ def run_cell(op: str, ckpt: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     try:
         if op in EXPORTS:
-            from edgeopt.pipeline import export_path
+            from edgeopt.jobs import export_path
 
-            res = export_path(ckpt, op, out / f"model.{op}")
+            res = export_path(ckpt, op)  # beside the checkpoint, with the format's own suffix
             p = res.parity.to_dict() if res.parity is not None else {}
             cell = {"status": "ok", "agreement": p.get("top1_agreement"), "parity": p,
                     "warnings": list(p.get("warnings") or [])}

@@ -80,7 +80,8 @@ def test_a_data_root_that_does_not_exist_is_an_error_not_another_copy(capsys, tm
 
 
 def test_data_root_alone_keeps_the_checkpoints_dataset(tmp_path, imagenet_style_ckpt):
-    from edgeopt.pipeline import DataConfig, load_data_for
+    from edgeopt.jobs import load_data_for
+    from edgeopt.pipeline import DataConfig
 
     (tmp_path / "root").mkdir()
     dm = load_data_for(imagenet_style_ckpt, DataConfig(name=None, root=str(tmp_path / "root")))
@@ -91,7 +92,7 @@ def test_eval_export_and_calibration_use_the_checkpoints_statistics(imagenet_sty
     import edgeopt.evaluate as ev
     import edgeopt.export as ex
     import edgeopt.quantize._base as qb
-    from edgeopt.pipeline import evaluate_path, export_path
+    from edgeopt.jobs import evaluate_path, export_path
     from edgeopt.quantize import QuantConfig
     from edgeopt.quantize.jobs import quantize_checkpoint
 

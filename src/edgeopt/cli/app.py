@@ -9,7 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from edgeopt.cli._common import (
-    drop_none, dump_config, emit_json, parse_kv, print_table,
+    drop_none,
+    dump_config,
+    emit_json,
+    parse_kv,
+    print_table,
 )
 
 app = typer.Typer(
@@ -173,7 +177,8 @@ def eval_cmd(
     Images are normalised with the model's own mean/std (its ModelSpec), never the
     dataset's; data whose classes, channels or size differ from the model's is refused.
     """
-    from edgeopt.pipeline import EvalConfig, evaluate_path
+    from edgeopt.jobs import evaluate_path
+    from edgeopt.pipeline import EvalConfig
 
     _trust(trust_model_code)
     cfg = EvalConfig(split=split, threads=threads, latency_runs=runs, memory=memory)
@@ -299,7 +304,7 @@ def export(
     Example: edgeopt export runs/best.safetensors --to torchscript --method script --rtol 1e-4
     """
     from edgeopt.errors import ConfigError
-    from edgeopt.pipeline import export_path
+    from edgeopt.jobs import export_path
 
     _trust(trust_model_code)
     cfg: dict = {}
@@ -325,138 +330,6 @@ def export(
               f"top-1 agreement {100 * parity['top1_agreement']:.2f}%")
 
 
-# ------------------------------------------------------------------------------ quantize
-def _quant_config(config, **flags):
-    from edgeopt.config import load_mapping
-    from edgeopt.quantize import QuantConfig
-
-    d = dict(load_mapping(config)) if config is not None else {}
-    d.update(drop_none(flags))
-    return QuantConfig.from_dict(d)
-
-
-@app.command()
-def quantize(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by edgeopt (.safetensors + .json).")],
-    method: Annotated[Optional[str], typer.Option(help="static (calibrated post-training int8), dynamic (Linear/LSTM weights; activations at run time) or qat (fake-quant fine-tuning).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="onnxruntime (QDQ ONNX, default), torch (PyTorch int8 kernels) or litert (int8 .tflite).")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="torch backend: x86, fbgemm, qnnpack (torch.ao FX -> TorchScript) or pt2e-x86 (torchao PT2E -> .pt2).")] = None,
-    per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="One weight scale per output channel (default) or per tensor.")] = None,
-    symmetric_activations: Annotated[Optional[bool], typer.Option("--symmetric-activations/--asymmetric-activations", help="int8 activations with zero point 0, or uint8 with a free zero point (default).")] = None,
-    calibration: Annotated[Optional[str], typer.Option(help="Activation range method: minmax, percentile or entropy.")] = None,
-    percentile: Annotated[Optional[float], typer.Option(help="Percentile kept by --calibration percentile (e.g. 99.999).")] = None,
-    calibration_samples: Annotated[Optional[int], typer.Option(help="Training images used for calibration (default 512).")] = None,
-    keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Layer name or pattern to leave in float (repeatable): features.0.*, re:.*classifier.*")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help="Automatic mixed precision: keep the most sensitive layers float until the int8 model is within this many accuracy points of fp32 (validation split).")] = None,
-    accuracy_check: Annotated[Optional[bool], typer.Option("--accuracy-check/--no-accuracy-check", help="Compare int8 and fp32 top-1 on the held-out verification images and warn when int8 loses more than --accuracy-margin (default: on).")] = None,
-    accuracy_margin: Annotated[Optional[float], typer.Option(help="Accuracy points int8 may lose on the held-out check before a warning (default 1.0).")] = None,
-    qat_epochs: Annotated[Optional[int], typer.Option(help="QAT fine-tuning epochs.")] = None,
-    qat_lr: Annotated[Optional[float], typer.Option(help="QAT peak learning rate.")] = None,
-    qat_batch_size: Annotated[Optional[int], typer.Option(help="QAT images per step.")] = None,
-    qat_max_steps: Annotated[Optional[int], typer.Option("--qat-max-steps", help="Cap QAT steps per epoch (quick runs).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Artifact to write (default: NAME_int8_<method>_<backend> beside the checkpoint).")] = None,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure fp32 and int8 side by side on the test split.")] = True,
-    histograms: Annotated[bool, typer.Option("--histograms/--no-histograms", help="Write weight/activation histogram PNGs with the chosen ranges.")] = True,
-    threads: ThreadsOpt = 1,
-    resize: ResizeOpt = False,
-    trust_model_code: TrustOpt = False,
-    config: ConfigOpt = None,
-    dump: DumpOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Quantize a checkpoint to int8 for a real int8 runtime, check it, and measure it.
-
-    The artifact is compared with its fake-quant PyTorch reference (top-1 agreement on
-    held-out images), layers left float are listed, and with --eval accuracy, latency and
-    size are measured on the artifact itself next to fp32.
-
-    Example: edgeopt quantize runs/demo/train/best.safetensors --calibration entropy --max-drop 0.5
-    """
-    from edgeopt.quantize.jobs import quantize_checkpoint
-
-    _trust(trust_model_code)
-    cfg = _quant_config(
-        config, method=method, backend=backend, engine=engine, per_channel=per_channel,
-        symmetric_activations=symmetric_activations, calibration=calibration, percentile=percentile,
-        calibration_samples=calibration_samples, keep_float=tuple(keep_float) if keep_float else None,
-        max_drop=max_drop, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_batch_size=qat_batch_size,
-        qat_max_steps_per_epoch=qat_max_steps, accuracy_check=accuracy_check, accuracy_margin=accuracy_margin,
-    )
-    if dump:
-        dump_config(cfg)
-        return
-    dcfg = _target_data(data, data_root)
-    summary = quantize_checkpoint(checkpoint, cfg, out, dcfg, evaluate=evaluate, histograms=histograms,
-                                  threads=threads, progress=not json_out, resize=resize)
-    if json_out:
-        emit_json(summary)
-        return
-    q = summary["quantization"]
-    print(f"wrote {summary['artifact']} ({q['precision']})")
-    agr = q.get("agreement")
-    if agr:
-        print(f"agreement with the fake-quant PyTorch reference: {100 * agr['top1_agreement']:.2f}% top-1 "
-              f"on {agr['samples']} held-out images (max |logit diff| {agr['max_abs_diff']:.3g})")
-    print(f"layers left float: {', '.join(q['float_layers']) if q['float_layers'] else 'none'}")
-    mp = q.get("mixed_precision")
-    if mp:
-        cost = mp.get("cost", {})
-        print(f"mixed precision (budget {mp['max_drop']} points on {mp['samples']} {mp['split']} images): "
-              f"{len(mp['kept_float'])} layer(s) float; size x{cost.get('size_ratio', float('nan'))}, "
-              f"latency x{cost.get('latency_ratio', float('nan'))} vs all-int8")
-    for w in q["warnings"]:
-        print(f"warning: {w}")
-    for f in summary["figures"]:
-        print(f"figure: {Path(summary['artifact']).parent / f['path']}")
-    if summary["variants"]:
-        _show_variants(summary["variants"], False, title="fp32 vs int8 (test split)")
-
-
-@app.command()
-def scan(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by edgeopt (.safetensors + .json).")],
-    quant: Annotated[bool, typer.Option("--quant/--no-quant", help="Per-layer int8 sensitivity (the only scan so far).")] = True,
-    out_dir: Annotated[Optional[Path], typer.Option(help="Folder for sensitivity.csv/.json/.png (default: NAME_quant_scan beside the checkpoint).")] = None,
-    samples: Annotated[int, typer.Option(help="Held-out images each configuration is measured on.")] = 512,
-    calibration: Annotated[Optional[str], typer.Option(help="minmax, percentile or entropy.")] = None,
-    per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Weight scales per channel (default) or per tensor.")] = None,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    resize: ResizeOpt = False,
-    trust_model_code: TrustOpt = False,
-    config: ConfigOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Per-layer quantization sensitivity: each layer int8 alone, and all but one.
-
-    Columns: accuracy points lost with only this layer int8, points lost with every layer
-    but this one int8, points recovered by keeping only this layer float, output SQNR.
-
-    Example: edgeopt scan runs/demo/train/best.safetensors --quant
-    """
-    from edgeopt.errors import ConfigError
-    from edgeopt.quantize.jobs import scan_checkpoint
-
-    _trust(trust_model_code)
-    if not quant:
-        raise ConfigError("scan needs --quant: per-layer int8 sensitivity is the scan edgeopt offers so far")
-    cfg = _quant_config(config, calibration=calibration, per_channel=per_channel)
-    dcfg = _target_data(data, data_root)
-    rep = scan_checkpoint(checkpoint, cfg, out_dir, dcfg, samples=samples, progress=not json_out, resize=resize)
-    if json_out:
-        emit_json(rep)
-        return
-    rows = [[r["layer"], r["kind"], r["params"], f"{r['drop_alone']:.2f}", f"{r['drop_all_but']:.2f}",
-             f"{r['recovery']:.2f}", f"{r['sqnr_db']:.1f}"] for r in rep["rows"]]
-    print_table(f"int8 sensitivity of {checkpoint.name} (fp32 {100 * rep['float_acc']:.2f}%, all int8 "
-                f"{100 * rep['int8_acc']:.2f}% on {rep['samples']} {rep['split']} images; most sensitive first)",
-                ["layer", "kind", "params", "drop alone", "drop all-but", "recovery", "SQNR dB"], rows)
-    for k, v in rep["files"].items():
-        print(f"{k}: {v}")
-
-
 def _show_variants(rows: list[dict], json_out: bool, title: str) -> None:
     from edgeopt.report import variant_rows
 
@@ -466,151 +339,6 @@ def _show_variants(rows: list[dict], json_out: bool, title: str) -> None:
     headers, cells = variant_rows({"variants": rows}, compact=True)
     print_table(title, headers, cells)
     print("(all columns: --json, or the report files)")
-
-
-# ---------------------------------------------------------------------------------- import
-def _floats(text: str | None, what: str):
-    from edgeopt.errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{what} takes numbers separated by commas, e.g. 0.485,0.456,0.406; got '{text}'") from None
-
-
-def _class_names(text: str | None):
-    if text is None:
-        return None
-    p = Path(text)
-    if p.is_file():  # one name per line
-        return tuple(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
-    return tuple(c.strip() for c in text.split(",") if c.strip())
-
-
-@app.command("import")
-def import_cmd(
-    source: Annotated[Path, typer.Argument(help="Weights trained elsewhere: .pth/.pt/.th/.bin (a state_dict, also nested under 'state_dict' or 'model', 'module.' prefixes stripped; read weights-only) or .safetensors; or a whole model as .onnx (then no --model).")],
-    model: Annotated[Optional[str], typer.Option(help="The architecture of a state_dict: a zoo name (`edgeopt models`), tv:NAME, or your package.module:factory (naming it here allows that code).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Preprocessing the model was trained with: imagenet (mean/std, 224x224, 1000 classes) or cifar10 (its mean/std, 32x32, its 10 classes).")] = None,
-    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406 (overrides the preset).")] = None,
-    std: Annotated[Optional[str], typer.Option(help="Per-channel std on the 0..1 scale, e.g. 0.229,0.224,0.225.")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Class names in label order: a,b,c or a file with one per line.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Number of classes when there are no names.")] = None,
-    input_size: Annotated[Optional[str], typer.Option(help="Input size S or H,W (default: the data's or the preset's).")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="Input channels (default: the data's or the preset's).")] = None,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", help="Architecture argument key=value (repeatable).")] = None,
-    convert: Annotated[str, typer.Option(help="auto (apply a registered converter whose layout matches), none, or a converter name, e.g. cifar-resnet-option-a.")] = "auto",
-    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="Refuse weights with missing, unexpected or mis-shaped tensors (default), or keep the model's initial values there and report them.")] = True,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Measure top-1 accuracy on the test split of --data (or the preset's dataset), with the model's own preprocessing.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Checkpoint to write (default: NAME.safetensors + NAME.json beside the source).")] = None,
-    config: ConfigOpt = None,
-    dump: DumpOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Import a model trained elsewhere as an edgeopt checkpoint (or ONNX artifact) that every command reads.
-
-    The file is read without running any code in it. Say how the model's inputs were
-    normalised (--preset or --mean/--std) and which classes it predicts (--classes, --data or
-    the preset): every later command feeds it exactly that way.
-
-    Example: edgeopt import resnet20.th --model resnet20 --preset imagenet --input-size 32 --data cifar10 --check
-    """
-    from edgeopt.config import load_mapping
-    from edgeopt.models.importing import ImportConfig, import_weights
-
-    _trust(False, model)
-    d = dict(load_mapping(config)) if config is not None else {}
-    size = _floats(input_size, "--input-size")
-    d.update(drop_none(dict(
-        model=model, preset=preset, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-        classes=_class_names(classes), num_classes=num_classes, channels=channels, data=data, data_root=data_root,
-        input_size=tuple(int(v) for v in size) if size else None, convert=convert, strict=strict,
-    )))
-    if model_arg:
-        d["kwargs"] = {**d.get("kwargs", {}), **parse_kv(model_arg)}
-    cfg = ImportConfig.from_dict(d)
-    if dump:
-        dump_config(cfg)
-        return
-    stem = source.name.split(".")[0] or "model"
-    if source.suffix.lower() == ".onnx":  # the sidecar goes beside the file unless --out copies it
-        target = out
-    else:
-        target = out if out is not None else source.with_name(f"{stem}.safetensors")
-        if target.resolve() == source.resolve():  # never overwrite the file being imported
-            target = source.with_name(f"{stem}_edgeopt.safetensors")
-    rep = import_weights(source, target, cfg, check=check)
-    if json_out:
-        emit_json(rep.to_dict())
-        return
-    spec = rep.spec
-    print(f"wrote {rep.path} ({rep.model}, {rep.tensors} tensors; input {tuple(spec['input_shape'])}, "
-          f"{spec['num_classes']} classes, mean {tuple(spec['mean'])}, std {tuple(spec['std'])})")
-    for line in rep.converted:
-        print(f"converted: {line}")
-    for what in ("missing", "unexpected", "mismatched"):
-        items = getattr(rep, what)
-        if items:
-            print(f"{what} ({len(items)}, model keeps its initial values): {', '.join(items[:8])}"
-                  + (" ..." if len(items) > 8 else ""))
-    if rep.accuracy is not None:
-        print(f"top-1 accuracy {100 * rep.accuracy:.2f}% on {rep.accuracy_samples} test images")
-
-
-# ---------------------------------------------------------------------------------- listings
-@app.command()
-def models(json_out: JsonOpt = False) -> None:
-    """List the model zoo (also: any torchvision model as tv:NAME, your own as package.module:factory)."""
-    from edgeopt.models import describe_models
-
-    rows = describe_models()
-    if json_out:
-        emit_json(rows)
-        return
-    print_table("models (parameters at 10 classes, 3x32x32)", ["name", "params", "fp32 MB", "description"],
-                [[r["name"], f"{r['params']:,}", f"{r['fp32_mb']:.2f}", r.get("help", "")] for r in rows])
-
-
-@app.command()
-def datasets(json_out: JsonOpt = False) -> None:
-    """List the datasets and where each is read from."""
-    from edgeopt.data import DATASETS
-
-    _list_registry(DATASETS, "datasets", "name", json_out)
-
-
-@app.command()
-def runtimes(json_out: JsonOpt = False) -> None:
-    """List the inference runtimes, whether each is installed, and its version."""
-    from edgeopt.runtime import runtime_versions
-
-    vers = runtime_versions()
-    rows = [{"runtime": k, "installed": v is not None, "version": v} for k, v in vers.items()]
-    if json_out:
-        emit_json(rows)
-        return
-    print_table("runtimes", ["runtime", "installed", "version"],
-                [[r["runtime"], "yes" if r["installed"] else "no", r["version"] or "–"] for r in rows])
-
-
-@app.command()
-def formats(json_out: JsonOpt = False) -> None:
-    """List the export formats."""
-    from edgeopt.export import EXPORTERS
-
-    _list_registry(EXPORTERS, "export formats", "format", json_out)
-
-
-def _list_registry(registry, title: str, key: str, json_out: bool) -> None:
-    rows = [{key: n, "description": registry.help(n)} for n in registry.names()]
-    if json_out:
-        emit_json(rows)
-        return
-    print_table(title, [key, "description"], [[r[key], r["description"]] for r in rows])
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -651,3 +379,7 @@ def demo(
         return
     _show_variants(results["variants"], False, title=f"edgeopt demo ({cfg.data.name}, {cfg.model.name})")
     print(f"report: {Path(cfg.out_dir) / 'report.md'}  results: {Path(cfg.out_dir) / 'results.json'}")
+
+
+# The other commands live in their own modules, each registering on ``app`` when imported.
+from edgeopt.cli import import_cmd, listings, quantize_cmds  # noqa: E402,F401  (registers commands)

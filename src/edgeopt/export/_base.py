@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt._io import ensure_writable_file
+from edgeopt._outputs import ensure_writable_file
 from edgeopt.artifact import Artifact, sidecar_path
 from edgeopt.config import Config
 from edgeopt.errors import ConfigError, ExportMismatchError

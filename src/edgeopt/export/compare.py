@@ -152,7 +152,7 @@ def compare_runtimes(
 
     check_finite_weights(model, "compare runtimes")  # NaN weights fail every parity check
     configs = dict(configs or {})
-    from edgeopt._io import ensure_writable_dir
+    from edgeopt._outputs import ensure_writable_dir
 
     out = ensure_writable_dir(out_dir, "out_dir")  # a file in the way fails before any export
     samples = _samples_of(data_or_samples, n_samples)
@@ -312,10 +312,10 @@ def compare_path(
     import tempfile
 
     from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import load_data_for
+    from edgeopt.jobs import load_data_for
 
     if out_dir is not None:
-        from edgeopt._io import ensure_writable_dir
+        from edgeopt._outputs import ensure_writable_dir
 
         ensure_writable_dir(out_dir, "out_dir")  # before the checkpoint and data are read
     model, _ = load_checkpoint(checkpoint)

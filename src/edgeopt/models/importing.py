@@ -274,10 +274,10 @@ def import_onnx(source: str | Path, out: str | Path | None, cfg: ImportConfig, *
     """
     import shutil
 
-    from edgeopt._io import write_with_atomic
-    from edgeopt.artifact import Artifact, _precision_of, _spec_from_onnx_shapes
     import onnx
 
+    from edgeopt._io import write_with_atomic
+    from edgeopt.artifact import Artifact, _precision_of, _spec_from_onnx_shapes
     from edgeopt.errors import ArtifactError, brief
     src = Path(source)
     try:

@@ -273,7 +273,7 @@ def quantize(
     reason = backend.available()
     if reason is not None:
         raise MissingDependencyError(reason)
-    from edgeopt._io import ensure_writable_file
+    from edgeopt._outputs import ensure_writable_file
     from edgeopt.data import data_for_model
 
     # a model without spec fails here, before any work; calibration, the agreement check and

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeopt._io import ensure_writable_dir, ensure_writable_file
+from edgeopt._outputs import ensure_writable_dir, ensure_writable_file
 from edgeopt.quantize.config import QuantConfig
 
 
@@ -68,7 +68,7 @@ def quantize_checkpoint(
         config: the :class:`QuantConfig`.
         out: the artifact path; None: :func:`default_out`.
         data: a ``DataConfig``; None: the dataset the checkpoint records. Images are fed
-            with the checkpoint's own preprocessing (edgeopt.pipeline.load_data_for).
+            with the checkpoint's own preprocessing (edgeopt.jobs.load_data_for).
         evaluate: measure fp32 (torch eager) and the int8 artifact on the test split.
         histograms: write weight and activation histogram PNGs beside the artifact.
         threads: inference threads for the measurements.
@@ -78,7 +78,7 @@ def quantize_checkpoint(
         ``{"artifact", "quantization": QuantResult.to_dict(), "figures", "variants"}``.
     """
     from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import load_data_for
+    from edgeopt.jobs import load_data_for
     from edgeopt.quantize._base import quantize
     from edgeopt.runtime import check_threads
 
@@ -108,7 +108,7 @@ def scan_checkpoint(checkpoint: str | Path, config: QuantConfig, out_dir: str | 
                     resize: bool = False) -> dict[str, Any]:
     """Run :func:`~edgeopt.quantize.sensitivity.scan_sensitivity` on a checkpoint's model."""
     from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import load_data_for
+    from edgeopt.jobs import load_data_for
     from edgeopt.quantize.sensitivity import scan_sensitivity
 
     p = Path(checkpoint)

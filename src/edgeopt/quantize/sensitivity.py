@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt._io import ensure_writable_dir, write_json_atomic, write_with_atomic
+from edgeopt._io import write_json_atomic, write_with_atomic
+from edgeopt._outputs import ensure_writable_dir
 from edgeopt.quantize.config import QuantConfig
 
 

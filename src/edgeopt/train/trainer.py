@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeopt._io import dir_lock, ensure_writable_dir
 from edgeopt._oom import batch_memory
+from edgeopt._outputs import dir_lock, ensure_writable_dir
 from edgeopt.errors import ConfigError, brief, note_interrupt
 from edgeopt.train import _checkpoints as ckpt
 from edgeopt.train._metrics import RunningMetrics

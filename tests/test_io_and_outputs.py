@@ -1,4 +1,4 @@
-"""edgeopt._io: atomic writes fail cleanly (full disk, read-only), clean their temporaries,
+"""edgeopt._io and edgeopt._outputs: atomic writes fail cleanly (full disk, read-only), clean their temporaries,
 give files the umask's mode, check output folders up front, and lock a run's folder."""
 
 from __future__ import annotations
@@ -13,16 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt._io import (
-    LOCK_NAME,
-    atomic_path,
-    dir_lock,
-    ensure_writable_dir,
-    ensure_writable_file,
-    remove_stale_temps,
-    write_text_atomic,
-    write_with_atomic,
-)
+from edgeopt._io import atomic_path, remove_stale_temps, write_text_atomic, write_with_atomic
+from edgeopt._outputs import LOCK_NAME, dir_lock, ensure_writable_dir, ensure_writable_file
 from edgeopt.errors import ConfigError, OutputError
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
