@@ -335,3 +335,22 @@ def test_reference_requantizes_residual_adds_and_uses_the_int32_bias(digits_data
         bare_diff = float((bare(x) - int8).abs().mean())
     assert full_diff <= 1e-4 and bare_diff > 10 * max(full_diff, 1e-5), (full_diff, bare_diff)
     assert res.agreement["top1_agreement"] >= 0.99
+
+
+def test_a_vision_transformer_quantizes_when_ort_symbolic_shapes_fail(synthetic_data, tmp_path):
+    """torchvision's VisionTransformer makes ORT's symbolic shape inference assert
+    (`assert is_literal(shape_rank)` on a Reshape); edgeopt quantizes it without that step
+    and says so, instead of a traceback."""
+    import torch
+
+    from edgeopt.models import create_model, trusted_model_code
+    from edgeopt.quantize import QuantConfig, quantize
+
+    torch.manual_seed(0)
+    with trusted_model_code():
+        m = create_model("torchvision.models.vision_transformer:VisionTransformer", synthetic_data.spec,
+                         image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128).eval()
+    res = quantize(m, QuantConfig(calibration_samples=64), synthetic_data, tmp_path / "vit", progress=False)
+    assert res.artifact.path.is_file() and res.artifact.precision in ("int8", "mixed")
+    assert any("symbolic shape inference failed" in w for w in res.warnings), res.warnings
+    assert res.agreement is not None and res.agreement["samples"] > 0

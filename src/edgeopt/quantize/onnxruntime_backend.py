@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import UnsupportedModelError
+from edgeopt.errors import UnsupportedModelError, brief
 from edgeopt.quantize._base import Built, QuantBackend, cpu_has_vnni, reduce_range_for  # noqa: F401 - re-exported
 from edgeopt.quantize.config import QuantConfig
 from edgeopt.spec import get_spec
@@ -319,6 +319,33 @@ def _float_weight_nodes(path: Path, layers: dict[str, str]) -> list[str]:
     return [layer for layer in layers.values() if layer not in quantized]
 
 
+def _pre_process(fp32: Path, pre: Path, warnings_: list[str]) -> None:
+    """ORT's quantization pre-processing, with its symbolic shape inference when it works.
+
+    ORT's symbolic shape inference asserts on some graphs (e.g. a torchvision
+    VisionTransformer's Reshape of a computed shape: ``assert is_literal(shape_rank)``); it only
+    sharpens shapes, so the pre-processing is redone without it and a warning says so.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet_ort():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        return
+    except Exception as exc:  # noqa: BLE001 - ORT raises AssertionError/Exception here
+        reason = f"{type(exc).__name__}: {brief(exc, 120)}".rstrip(": ")
+    try:
+        with _quiet_ort():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot pre-process this model for quantization ({reason}; without symbolic "
+            f"shapes: {type(exc).__name__}: {brief(exc, 120)}); try --backend torch or litert"
+        ) from None
+    warnings_.append(f"ONNX Runtime's symbolic shape inference failed on this graph ({reason}); "
+                     f"quantized with ONNX's own shape inference instead")
+
+
 def _layer_nodes(proto: Any, layers: list[str]) -> dict[str, list[str]]:
     """layer -> names of the ONNX nodes computing it: the nodes in the layer's export scope
     (``/up/ConvTranspose``) or reading one of its initializers (``up.weight``)."""
@@ -415,7 +442,6 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         quantize_dynamic,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgeopt-ortq-") as tmp:
         fp32 = _export_float(folded, Path(tmp) / "float.onnx", calibration)
@@ -435,8 +461,7 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
                                  nodes_to_exclude=exclude, reduce_range=reduce_range_for(cfg))
         else:
             pre = Path(tmp) / "pre.onnx"
-            with _quiet_ort():
-                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+            _pre_process(fp32, pre, warnings_)
             # pre-processing keeps node and initializer names; re-map in case it did not
             nodes = weight_nodes(onnx.load(str(pre))) or nodes
             layer_to_node = {v: k for k, v in nodes.items()}
@@ -463,8 +488,10 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         for n in unexpected:
             warnings_.append(f"ONNX Runtime left layer {n} in float (no int8 kernel for its node "
                              f"{layer_to_node.get(n, '?')})")
-        for n in missing:
-            warnings_.append(f"layer {n} has no matching ONNX node and was not checked")
+        if missing:  # one line, not one per layer: a transformer has dozens
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            warnings_.append(f"{len(missing)} layer(s) have no matching ONNX node, so their int8 ranges were "
+                             f"not checked: {shown}")
     qdq = read_qdq_qparams(out)
     if reduce_range_for(cfg):
         for entry in qdq.values():  # 7-bit symmetric weights: ORT stores them in [-64, 64]
