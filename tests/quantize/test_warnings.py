@@ -70,3 +70,14 @@ def test_a_calibration_that_loses_nothing_says_nothing(digits_cnn, digits_data, 
     assert check["drop_points"] <= 1.0 and res.warnings == [], (check, res.warnings)  # measured 0.0
     md, page = _rendered(res, "int8 onnxruntime")
     assert "Warnings" not in md and "Warnings" not in page
+
+
+def test_the_agreement_warning_names_what_the_reference_does_not_simulate():
+    from edgeopt.quantize._base import _unmodelled, agreement_warning
+    from edgeopt.quantize.config import QuantConfig
+
+    why = _unmodelled({"reference_requantizes": {"not_simulated": [
+        "/features/features.1/block/block.1/Sigmoid_output_0", "/features/features.1/block/block.1/Mul_output_0"]}})
+    w = agreement_warning({"samples": 512, "top1_agreement": 0.6, "max_abs_diff": 1.0}, QuantConfig(), why=why)
+    assert "60.00 %" in w and "requantizes 2 tensor(s) the reference does not simulate (outputs of Mul, Sigmoid)" in w
+    assert _unmodelled({}) == ""

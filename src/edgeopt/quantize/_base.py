@@ -165,7 +165,18 @@ def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, t
     return out
 
 
-def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float = AGREEMENT_FLOOR) -> str | None:
+def _unmodelled(meta: dict[str, Any]) -> str:
+    """What a backend knows its reference does not simulate, as a clause for the warning."""
+    names = list((meta.get("reference_requantizes") or {}).get("not_simulated") or [])
+    if not names:
+        return ""
+    ops = sorted({n.rstrip("/").split("/")[-1].split("_output")[0].rstrip("_0123456789") or n for n in names})
+    return (f"; the file requantizes {len(names)} tensor(s) the reference does not simulate "
+            f"(outputs of {', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''}), e.g. {names[0]}")
+
+
+def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float = AGREEMENT_FLOOR,
+                      why: str = "") -> str | None:
     """The warning for an artifact that agrees with its reference on fewer than ``floor`` of
     top-1 predictions, or None.
 
@@ -181,7 +192,7 @@ def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float 
         f"the {cfg.backend}{engine} int8 artifact agrees with its fake-quant PyTorch reference on only "
         f"{100 * a:.2f} % of top-1 predictions ({agreement.get('samples')} held-out images; floor "
         f"{100 * floor:g} %; max |logit diff| {agreement.get('max_abs_diff', float('nan')):.3g}): the file "
-        f"computes something its reference does not model, so the reference's ranges, histograms and "
+        f"computes something its reference does not model{why}, so the reference's ranges, histograms and "
         f"sensitivity figures do not describe the file (its accuracy and latency are still measured on "
         f"the file itself)"
     )
@@ -318,7 +329,7 @@ def quantize(
                                        labels=labels if cfg.accuracy_check else None)
             _log(progress, f"int8 artifact vs fake-quant reference: top-1 agreement "
                            f"{100 * agreement['top1_agreement']:.2f} % on {agreement['samples']} images")
-            w = agreement_warning(agreement, cfg)
+            w = agreement_warning(agreement, cfg, why=_unmodelled(built.meta))
             if w:
                 warns.append(w)
         if cfg.accuracy_check:
