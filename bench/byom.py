@@ -67,42 +67,82 @@ def train_elsewhere(name: str, data, out: Path, *, images: int, epochs: int, max
         return json.loads(info_path.read_text())
     spec = dataclasses.replace(data.spec, mean=IMAGENET[0], std=IMAGENET[1])
     dm = data_for_model(data, spec)
-    torch.manual_seed(seed)
-    model = create_model(name, spec)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     g = torch.Generator().manual_seed(seed)
     train = dm.train.subset(torch.randperm(len(dm.train), generator=g)[:images])
     x_test, y_test = dm.samples(1000, split="test")
     t0 = time.perf_counter()
-    classes, acc, ep = 0, 0.0, 0
-    while ep < max_epochs and (ep < epochs or classes <= 1):
-        model.train()
+
+    def batches():
         order = torch.randperm(len(train), generator=g)
         for i in range(0, len(order), 64):
             sel = order[i:i + 64]
-            x = dm.normalize(dm.augment(train.images[sel], g))
-            loss = torch.nn.functional.cross_entropy(model(x), train.labels[sel])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        ep += 1
+            yield dm.normalize(dm.augment(train.images[sel], g)), train.labels[sel]
+
+    def check(model) -> tuple[int, float]:
         model.eval()
         with torch.no_grad():
             pred = torch.cat([model(x_test[i:i + 250]).argmax(1) for i in range(0, len(x_test), 250)])
-        classes = int(pred.unique().numel())
-        acc = float((pred == y_test).double().mean())
-        if classes <= 1:  # collapsed to one class (SqueezeNet, MNASNet at 32x32): a gentler step size
-            for group in opt.param_groups:
-                group["lr"] /= 4
-        print(f"[byom] {name}: epoch {ep}, test top-1 {100 * acc:.1f}% on 1000, {classes} classes predicted",
-              file=sys.stderr, flush=True)
+        return int(pred.unique().numel()), float((pred == y_test).double().mean())
+
+    # SqueezeNet's final conv + ReLU dies at a large step size (all logits 0: one class) and
+    # MNASNet's BatchNorm momentum (3e-4) leaves its running statistics near their initial
+    # values after one short epoch. A model that predicts one class gets its BN statistics
+    # re-estimated on training batches (precise BN); if it still does, training starts again
+    # at a quarter of the step size. Models that train normally go through neither.
+    lr, classes, acc, ep, restarts = 2e-3, 0, 0.0, 0, 0
+    while True:
+        torch.manual_seed(seed + restarts)
+        model = create_model(name, spec)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        ep = 0
+        while ep < max_epochs and (ep < epochs or classes <= 1):
+            model.train()
+            for x, y in batches():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            ep += 1
+            classes, acc = check(model)
+            if classes <= 1:  # BN statistics that lag the weights (MNASNet): re-estimate them
+                _precise_bn(model, batches())
+                classes, acc = check(model)
+            print(f"[byom] {name}: lr {lr:g}, epoch {ep}, test top-1 {100 * acc:.1f}% on 1000, "
+                  f"{classes} classes predicted", file=sys.stderr, flush=True)
+            if classes <= 1 and ep >= epochs:
+                break
+        if classes > 1 or restarts >= 3:
+            break
+        restarts, lr = restarts + 1, lr / 4
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": ep}, pth)
     if classes <= 1:
         raise RuntimeError(f"{name} still predicts one class after {ep} epochs: train it longer (--max-epochs)")
-    info = {"epochs": ep, "images": images, "test_acc_1000": acc, "classes_predicted": classes,
+    info = {"epochs": ep, "images": images, "lr": lr, "restarts": restarts, "test_acc_1000": acc,
+            "classes_predicted": classes,
             "seconds": round(time.perf_counter() - t0, 1)}
     info_path.write_text(json.dumps(info))
     return info
+
+
+def _precise_bn(model, batches, n: int = 50) -> None:
+    """Re-estimate every BatchNorm's running statistics as a plain average over ``n`` batches."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for i, (x, _) in enumerate(batches):
+            if i >= n:
+                break
+            model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
 
 
 def run_cell(op: str, ckpt: Path, out: Path) -> dict:
