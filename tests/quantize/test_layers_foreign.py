@@ -27,3 +27,19 @@ def test_timm_batchnormact_is_folded_into_its_conv():
         assert float((f(x) - m(x)).abs().max()) < 1e-4
     # every conv and linear keeps its qualified name, so patterns and reports still find them
     assert set(quantizable_layers(m)) <= {n for n, _ in f.named_modules()}
+
+
+def test_timm_linear_subclass_stays_a_layer_and_quantizes(synthetic_data, tmp_path):
+    """timm's Linear subclasses nn.Linear; fx used to trace into it, so the ONNX Runtime
+    backend said "'classifier' is not a Conv/Linear layer" (ghostnet, mobilenetv3)."""
+    pytest.importorskip("timm")
+    from edgeopt.models import create_model, trusted_model_code
+    from edgeopt.quantize import QuantConfig, quantize
+
+    with trusted_model_code():
+        m = create_model("timm.models:mobilenetv3_small_050", synthetic_data.spec).eval()
+    assert type(m.classifier).__module__.startswith("timm")
+    f = fold_batchnorm(m)
+    assert isinstance(dict(f.named_modules())["classifier"], nn.Linear)
+    res = quantize(m, QuantConfig(calibration_samples=64), synthetic_data, tmp_path / "mnv3", progress=False)
+    assert res.artifact.path.is_file() and "classifier" not in res.float_layers

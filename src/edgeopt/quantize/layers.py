@@ -96,7 +96,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     src = _split_norm_act(copy.deepcopy(model).eval())
     try:
-        folded = fuse(src, inplace=True)
+        folded = fuse(_trace_keeping_layers(src), inplace=True, no_trace=True)
     except Exception as exc:  # noqa: BLE001 - untraceable control flow: keep the model, say so
         warnings.warn(f"batch-norm folding skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
                       stacklevel=2)
@@ -105,6 +105,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if hasattr(model, attr):
             setattr(folded, attr, getattr(model, attr))
     return folded.eval()
+
+
+def _trace_keeping_layers(model: nn.Module) -> nn.Module:
+    """``torch.fx`` GraphModule of ``model`` in which every Conv/Linear stays one module.
+
+    fx keeps only ``torch.nn``'s own classes as leaves; a subclass from another library
+    (timm's ``Linear``) was traced into, leaving a bare Module under the layer's name that
+    no backend recognises as a layer ("'classifier' is not a Conv/Linear layer").
+    """
+    from torch.fx import GraphModule, Tracer
+
+    class _KeepLayers(Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, QUANTIZABLE) or super().is_leaf_module(m, qualname)
+
+    return GraphModule(model, _KeepLayers().trace(model), model.__class__.__name__)
 
 
 def _split_norm_act(model: nn.Module) -> nn.Module:
