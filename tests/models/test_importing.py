@@ -208,3 +208,20 @@ def test_an_onnx_file_from_elsewhere_becomes_an_artifact_fed_its_own_preprocessi
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out)["accuracy"]["top1"] == pytest.approx(rep["accuracy"])
+
+
+def test_a_torchvision_mnasnet_state_dict_imports(tmp_path):
+    """MNASNet refuses a state_dict without module versions; import gives it the model's own."""
+    from edgeopt.models import create_model
+    from edgeopt.spec import ModelSpec
+
+    spec = ModelSpec((3, 32, 32), 10, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    src = create_model("tv:mnasnet0_5", spec).eval()
+    p = tmp_path / "mnasnet.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, p)
+    rep = import_weights(p, tmp_path / "m", ImportConfig(model="tv:mnasnet0_5", preset="imagenet", input_size=(32,),
+                                                         num_classes=10))
+    model, _ = load_checkpoint(rep.path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(src(x), model(x))

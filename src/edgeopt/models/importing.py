@@ -204,7 +204,7 @@ def import_weights(source: str | Path, out: str | Path, cfg: ImportConfig, *, ch
     from edgeopt.models.checkpoint import save_checkpoint
     from edgeopt.models.converters import CONVERTERS
     from edgeopt.models.factory import create_model
-    from edgeopt.models.weights import _strip_prefixes
+    from edgeopt.models.weights import _strip_prefixes, with_versions
 
     src = Path(source)
     if src.suffix.lower() == ".onnx":
@@ -241,7 +241,7 @@ def import_weights(source: str | Path, out: str | Path, cfg: ImportConfig, *, ch
             f"classes, or pass --no-strict to keep the model's initial values for what does not fit")
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    model.load_state_dict(fitting, strict=False)
+    model.load_state_dict(with_versions(fitting, model), strict=False)
     model.eval()
 
     report = ImportReport(

@@ -85,14 +85,24 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
     # need them to load (torchvision MNASNet: "version should be set to 1 or 2 instead of
     # None"). A torch file keeps its own (unless prefixes were stripped from its keys);
     # otherwise the versions of the model's own code are the right guess.
-    meta = file_meta if stripped is state else None
-    state = collections.OrderedDict(stripped)
-    state._metadata = meta if meta is not None else getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    state = with_versions(stripped, model, file_meta if stripped is state else None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # pragma: no cover - _check_fit catches the usual cases
         raise ModelLoadError(f"{p} does not fit the model: {' '.join(str(exc).split())}") from None
     return model
+
+
+def with_versions(state: Mapping[str, torch.Tensor], model: nn.Module, meta: Any = None) -> dict[str, torch.Tensor]:
+    """``state`` as an OrderedDict carrying module versions (``_metadata``) for load_state_dict.
+
+    Some modules need their version to load (torchvision MNASNet: "version should be set to
+    1 or 2 instead of None"), and safetensors does not store it: ``meta`` (a torch file's own,
+    when its keys were not renamed) wins, else the versions of the model's own code.
+    """
+    out = collections.OrderedDict(state)
+    out._metadata = meta if meta is not None else getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return out
 
 
 def _sniff(p: Path) -> str:
