@@ -81,3 +81,14 @@ def test_the_agreement_warning_names_what_the_reference_does_not_simulate():
     w = agreement_warning({"samples": 512, "top1_agreement": 0.6, "max_abs_diff": 1.0}, QuantConfig(), why=why)
     assert "60.00 %" in w and "requantizes 2 tensor(s) the reference does not simulate (outputs of Mul, Sigmoid)" in w
     assert _unmodelled({}) == ""
+
+
+def test_the_agreement_warning_says_whether_the_file_or_the_reference_is_off(digits_cnn, digits_data, tmp_path):
+    from edgeopt.quantize import QuantConfig, quantize
+    from edgeopt.quantize._base import _unmodelled
+
+    res = quantize(digits_cnn, QuantConfig(), digits_data, tmp_path / "q", progress=False)
+    graph = res.meta["qdq_graph_agreement"]
+    assert graph["samples"] > 0 and graph["top1_agreement"] >= 0.99  # the file does what its QDQ graph says
+    assert "gap is in the reference" in _unmodelled({"qdq_graph_agreement": graph})
+    assert "fused int8 kernels" in _unmodelled({"qdq_graph_agreement": {"top1_agreement": 0.9}})

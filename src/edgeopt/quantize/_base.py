@@ -166,13 +166,23 @@ def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, t
 
 
 def _unmodelled(meta: dict[str, Any]) -> str:
-    """What a backend knows its reference does not simulate, as a clause for the warning."""
+    """What a backend knows about why its reference differs from the file, as a clause for
+    the warning: the requantized tensors the reference does not simulate, and how well the
+    file agrees with its own QDQ graph (so whether the gap is the file's or the reference's)."""
+    out = ""
     names = list((meta.get("reference_requantizes") or {}).get("not_simulated") or [])
-    if not names:
-        return ""
-    ops = sorted({n.rstrip("/").split("/")[-1].split("_output")[0].rstrip("_0123456789") or n for n in names})
-    return (f"; the file requantizes {len(names)} tensor(s) the reference does not simulate "
-            f"(outputs of {', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''}), e.g. {names[0]}")
+    if names:
+        ops = sorted({n.rstrip("/").split("/")[-1].split("_output")[0].rstrip("_0123456789") or n for n in names})
+        out += (f"; the file requantizes {len(names)} tensor(s) the reference does not simulate "
+                f"(outputs of {', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''}), e.g. {names[0]}")
+    graph = meta.get("qdq_graph_agreement")
+    if graph:
+        a = 100 * graph["top1_agreement"]
+        out += (f"; the file agrees {a:.1f} % with its own QDQ graph run op by op, so the gap is in the "
+                f"reference, which does not model some of the file's quantization" if a >= 99 else
+                f"; the file agrees only {a:.1f} % with its own QDQ graph run op by op: ONNX Runtime's "
+                f"fused int8 kernels compute something else than the graph says")
+    return out
 
 
 def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float = AGREEMENT_FLOOR,
