@@ -31,6 +31,7 @@ from torch import nn
 from edgeopt.config import Config
 from edgeopt.errors import ConfigError, ModelLoadError
 from edgeopt.models.checkpoint import _sha256
+from edgeopt.models.weights import compare_state, read_state_dict
 from edgeopt.spec import ModelSpec
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -139,40 +140,20 @@ class ImportReport:
         return d
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file (safetensors or a weights-only torch file), unnested.
-
-    Example:
-        >>> import tempfile
-        >>> p = tempfile.mkdtemp() + "/m.th"
-        >>> torch.save({"state_dict": {"module.w": torch.ones(2)}, "best_prec1": 91.7}, p)
-        >>> sorted(read_state_dict(p))
-        ['module.w']
-    """
-    from edgeopt.models.weights import _extract_state_dict, _read_safetensors, _read_torch, _sniff
-
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"weights file not found: {p}; check the path")
-    kind = _sniff(p)
-    if kind == "safetensors":
-        return _read_safetensors(p)
-    if kind == "torch":
-        return _extract_state_dict(_read_torch(p), p)
-    raise ModelLoadError(
-        f"{p} is neither a safetensors nor a PyTorch weights file"
-        + (" (it is empty)" if p.stat().st_size == 0 else "")
-        + "; an ONNX model is imported as an artifact: edgeopt import MODEL.onnx --preset ...")
-
-
 def _compare(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """The report's lists: missing and unexpected names, and "name: file [shape] vs model [shape]"."""
+    missing, unexpected, other = compare_state(model, state)
     own = model.state_dict()
-    # BatchNorm fills a missing num_batches_tracked itself (older files do not have it)
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
-                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    return missing, unexpected, mismatched
+    return missing, unexpected, [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in other]
+
+
+def _load_data(cfg: ImportConfig) -> Any:
+    """The dataset the import takes shapes/classes from (``cfg.data``), or None."""
+    if not cfg.data:
+        return None
+    from edgeopt.data import get_dataset
+
+    return get_dataset(cfg.data, root=cfg.data_root)
 
 
 def import_weights(source: str | Path, out: str | Path, cfg: ImportConfig, *, check: bool = False,
@@ -212,11 +193,7 @@ def import_weights(source: str | Path, out: str | Path, cfg: ImportConfig, *, ch
     if not cfg.model:
         raise ConfigError("say which architecture the weights are for: --model NAME (a zoo name, tv:NAME "
                           "or package.module:factory)")
-    data = None
-    if cfg.data:
-        from edgeopt.data import get_dataset
-
-        data = get_dataset(cfg.data, root=cfg.data_root)
+    data = _load_data(cfg)
     spec = cfg.spec(data)
     state = read_state_dict(src)
     model = create_model(cfg.model, spec, **cfg.kwargs)
@@ -285,11 +262,7 @@ def import_onnx(source: str | Path, out: str | Path | None, cfg: ImportConfig, *
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... on a damaged file
         raise ArtifactError(f"{src} is not a readable ONNX model ({brief(exc, 200)})") from None
     graph = _spec_from_onnx_shapes(proto, src)
-    data = None
-    if cfg.data:
-        from edgeopt.data import get_dataset
-
-        data = get_dataset(cfg.data, root=cfg.data_root)
+    data = _load_data(cfg)
     spec = cfg.replace(channels=cfg.channels or graph.channels, input_size=cfg.input_size or graph.input_shape[1:],
                        num_classes=cfg.num_classes or (None if cfg.classes else graph.num_classes)).spec(data)
     if spec.input_shape != graph.input_shape or spec.num_classes != graph.num_classes:

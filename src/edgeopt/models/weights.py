@@ -59,10 +59,7 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
         p = p.with_name(p.name + ".safetensors")
     if not p.is_file():
         raise ModelLoadError(f"weights file not found: {p}; check the path")
-    kind = _sniff(p)
-    if kind == "safetensors":
-        state = _read_safetensors(p)
-    elif kind == "torch" and p.name.lower().endswith(".safetensors"):
+    if _sniff(p) == "torch" and p.name.lower().endswith(".safetensors"):
         # A pickle posing as safetensors (it used to fail deep in safetensors with "header
         # too large"): say what it is, and how to read it safely on purpose.
         raise ModelLoadError(
@@ -70,14 +67,7 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
             f".safetensors; import it with `edgeopt import {p} --model NAME` (it reads the file "
             f"with torch.load(weights_only=True), which refuses code), or rename it to .pt"
         )
-    elif kind == "torch":
-        state = _extract_state_dict(_read_torch(p), p)
-    else:
-        size = p.stat().st_size
-        what = "is empty" if size == 0 else "is neither a safetensors nor a PyTorch weights file"
-        raise ModelLoadError(
-            f"{p} {what}; give a .safetensors file or a state_dict saved with torch.save"
-        )
+    state = read_state_dict(p)
     file_meta = getattr(state, "_metadata", None)
     stripped = _strip_prefixes(state, model)
     _check_fit(model, stripped, p)
@@ -103,6 +93,51 @@ def with_versions(state: Mapping[str, torch.Tensor], model: nn.Module, meta: Any
     out = collections.OrderedDict(state)
     out._metadata = meta if meta is not None else getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     return out
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, whatever its name: safetensors or a weights-only torch
+    file (unnested from ``state_dict``/``model``/``model_state_dict``; prefixes kept).
+
+    Raises:
+        ModelLoadError: missing, empty, corrupt or foreign file, or one that needs code.
+
+    Example:
+        >>> import tempfile
+        >>> p = tempfile.mkdtemp() + "/m.th"
+        >>> torch.save({"state_dict": {"module.w": torch.ones(2)}, "best_prec1": 91.7}, p)
+        >>> sorted(read_state_dict(p))
+        ['module.w']
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"weights file not found: {p}; check the path")
+    kind = _sniff(p)
+    if kind == "safetensors":
+        return _read_safetensors(p)
+    if kind == "torch":
+        return _extract_state_dict(_read_torch(p), p)
+    what = "is empty" if p.stat().st_size == 0 else "is neither a safetensors nor a PyTorch weights file"
+    raise ModelLoadError(
+        f"{p} {what}; give a .safetensors file or a state_dict saved with torch.save (a whole ONNX "
+        f"model comes in with edgeopt import MODEL.onnx)"
+    )
+
+
+def compare_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, other_shape)`` tensor names of ``state`` against ``model``'s.
+
+    A missing ``num_batches_tracked`` is not counted: BatchNorm fills it itself (older files).
+
+    Example:
+        >>> compare_state(nn.Linear(2, 3), {"weight": torch.zeros(3, 3), "x": torch.zeros(1)})
+        (['bias'], ['x'], ['weight'])
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    other_shape = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, other_shape
 
 
 def _sniff(p: Path) -> str:
@@ -208,19 +243,12 @@ def _strip_prefixes(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
 def _check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], p: Path) -> None:
     """Raise ModelLoadError naming the first (at most 3) mismatched tensors."""
     own = model.state_dict()
-    problems: list[str] = []
-    for k, v in state.items():
-        if k in own and tuple(own[k].shape) != tuple(v.shape):
-            problems.append(
-                f"'{k}' is {list(v.shape)} in the file but {list(own[k].shape)} in the model"
-            )
-    for k, v in own.items():
-        # BatchNorm fills a missing num_batches_tracked itself (older torchvision files)
-        if k not in state and not k.endswith("num_batches_tracked"):
-            problems.append(f"missing '{k}' {list(v.shape)}")
-    for k, v in state.items():
-        if k not in own:
-            problems.append(f"unexpected '{k}' {list(v.shape)}")
+    missing, unexpected, other_shape = compare_state(model, state)
+    problems = (
+        [f"'{k}' is {list(state[k].shape)} in the file but {list(own[k].shape)} in the model" for k in other_shape]
+        + [f"missing '{k}' {list(own[k].shape)}" for k in missing]
+        + [f"unexpected '{k}' {list(state[k].shape)}" for k in unexpected]
+    )
     if problems:
         arch = (getattr(model, "edgeopt_arch", None) or {}).get("name") or type(model).__name__
         shown = "; ".join(problems[:3])
