@@ -130,6 +130,12 @@ class RunConfig(Config):
     formats: tuple[str, ...] = ("onnx",)
     #: int8 variants: each a dict of QuantConfig fields (edgeopt.quantize); () for none
     quantize: tuple[dict, ...] = ({"backend": "onnxruntime"}, {"backend": "torch", "engine": "x86"})
+    #: pruned variants: each a dict of PruneConfig fields (edgeopt.prune), plus an optional
+    #: ``quantize`` dict of QuantConfig fields for a pruned-then-int8 variant; () for none
+    prune: tuple[dict, ...] = (
+        {"method": "structured", "ratio": 0.5, "finetune_epochs": 5, "finetune_lr": 0.02,
+         "quantize": {"backend": "onnxruntime"}},
+    )
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     verify: bool = True
     progress: bool = True
@@ -146,6 +152,14 @@ class RunConfig(Config):
             if not isinstance(q, dict):
                 raise ConfigError(f"RunConfig.quantize: each entry is a dict of QuantConfig fields, got {q!r}")
             QuantConfig.from_dict(q)  # a bad entry fails before any work
+        from edgeopt.prune import PruneConfig
+
+        for p in self.prune:
+            if not isinstance(p, dict):
+                raise ConfigError(f"RunConfig.prune: each entry is a dict of PruneConfig fields, got {p!r}")
+            PruneConfig.from_dict({k: v for k, v in p.items() if k != "quantize"})
+            if p.get("quantize") is not None:
+                QuantConfig.from_dict(p["quantize"])
         if self.skip_training and not self.model.weights:
             raise ConfigError("skip_training needs model.weights (a checkpoint to start from)")
 
@@ -265,6 +279,7 @@ def _run(cfg: RunConfig, out: Path, t0: float) -> dict[str, Any]:
             row["parity"] = exp.parity.to_dict()
         results["variants"].append(row)
     _quantized_variants(cfg, model, data, artifacts_dir, results, lineage, common)
+    _pruned_variants(cfg, model, data, artifacts_dir, results, common)
     results["elapsed_s"] = round(time.perf_counter() - t0, 2)
     save_results(out / "results.json", results)
     report = write_report(results, out)
@@ -302,6 +317,53 @@ def _quantized_variants(cfg: RunConfig, model, data, artifacts_dir: Path, result
             figs = write_histograms(model, res, data, artifacts_dir, name.replace(" ", "_"))
             results.setdefault("figures", []).extend(
                 {**f, "path": f"artifacts/{f['path']}"} for f in figs)
+
+
+def _pruned_variants(cfg: RunConfig, model, data, artifacts_dir: Path, results: dict, common: dict) -> None:
+    """Prune (and fine-tune), save, export to ONNX and measure; then int8 when asked."""
+    from edgeopt.evaluate import evaluate_variant
+    from edgeopt.export import export_model
+    from edgeopt.prune import PruneConfig, prune
+    from edgeopt.prune.jobs import save_pruned, slower_warning
+    from edgeopt.prune.plots import prune_figures
+    from edgeopt.quantize import QuantConfig, quantize
+
+    parent = next((v for v in results["variants"] if v.get("name") == "fp32 onnx"), None)
+    samples, _ = data.samples(256, split=cfg.eval.split)
+    for pd in cfg.prune:
+        p = PruneConfig.from_dict({k: v for k, v in pd.items() if k != "quantize"})
+        name = f"pruned {p.method} {round(100 * p.ratio)}%"
+        stem = name.replace(" ", "_").replace("%", "")
+        _log(cfg, f"pruning: {name}" + (f" + {p.finetune_epochs} fine-tuning epochs" if p.finetune_epochs else ""))
+        res = prune(model, p, data, progress=False)
+        ckpt = save_pruned(res, artifacts_dir / stem)
+        figs = prune_figures(model, res, artifacts_dir, stem)
+        results.setdefault("figures", []).extend({**f, "path": f"artifacts/{f['path']}"} for f in figs)
+        lineage = list(res.model.edgeopt_lineage)
+        exp = export_model(res.model, "onnx", artifacts_dir / f"{stem}.onnx", samples=samples, verify=cfg.verify)
+        row = evaluate_variant(f"{name} onnx", exp.artifact, data, model=res.model,
+                               lineage=lineage + [{"step": "export", "format": "onnx"}], **common)
+        row["pruning"] = {k: v for k, v in res.to_dict().items()
+                          if k in ("sparsity", "params_before", "params_after", "macs_before", "macs_after")}
+        row["pruning"]["checkpoint"] = ckpt.name
+        if exp.parity is not None:
+            row["parity"] = exp.parity.to_dict()
+        warn = slower_warning(parent, row, p.method) if parent else None
+        if warn:
+            row.setdefault("warnings", []).append(warn)
+        results["variants"].append(row)
+        if pd.get("quantize") is not None:
+            q = QuantConfig.from_dict(pd["quantize"])
+            qname = f"{name} + {quant_variant_name(q)}"
+            _log(cfg, f"quantizing the pruned model: {qname}")
+            qres = quantize(res.model, q, data, artifacts_dir / qname.replace(" ", "_").replace("%", "").replace("+", "plus"),
+                            progress=False)
+            qrow = evaluate_variant(qname, qres.artifact, data, model=res.model,
+                                    lineage=lineage + [{"step": "quantize", "method": q.method, "backend": q.backend}],
+                                    **common)
+            qrow["quantization"] = {"agreement": qres.agreement, "float_layers": qres.float_layers,
+                                    "warnings": qres.warnings}
+            results["variants"].append(qrow)
 
 
 @dataclasses.dataclass(frozen=True)

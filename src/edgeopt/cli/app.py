@@ -382,4 +382,4 @@ def demo(
 
 
 # The other commands live in their own modules, each registering on ``app`` when imported.
-from edgeopt.cli import import_cmd, listings, quantize_cmds  # noqa: E402,F401  (registers commands)
+from edgeopt.cli import import_cmd, listings, prune_cmd, quantize_cmds  # noqa: E402,F401  (registers commands)

@@ -116,9 +116,13 @@ def quantize(
 @app.command()
 def scan(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by edgeopt (.safetensors + .json).")],
-    quant: Annotated[bool, typer.Option("--quant/--no-quant", help="Per-layer int8 sensitivity (the only scan so far).")] = True,
-    out_dir: Annotated[Optional[Path], typer.Option(help="Folder for sensitivity.csv/.json/.png (default: NAME_quant_scan beside the checkpoint).")] = None,
+    quant: Annotated[bool, typer.Option("--quant", help="Per-layer int8 sensitivity (the default scan).")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Per-layer pruning sensitivity: each layer pruned alone at --sparsities; writes a sparsity table for `edgeopt prune --table`.")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Folder for sensitivity.csv/.json/.png (default: NAME_quant_scan or NAME_prune_scan beside the checkpoint).")] = None,
     samples: Annotated[int, typer.Option(help="Held-out images each configuration is measured on.")] = 512,
+    sparsities: Annotated[Optional[str], typer.Option(help="--prune: comma-separated sparsities per layer (default 0.5,0.7,0.9).")] = None,
+    threshold: Annotated[float, typer.Option(help="--prune: recommend per layer the highest sparsity losing at most this many points.")] = 1.0,
+    method: Annotated[Optional[str], typer.Option(help="--prune: unstructured (default), obs or structured.")] = None,
     calibration: Annotated[Optional[str], typer.Option(help="minmax, percentile or entropy.")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Weight scales per channel (default) or per tensor.")] = None,
     data: DataOpt = None,
@@ -128,21 +132,28 @@ def scan(
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Per-layer quantization sensitivity: each layer int8 alone, and all but one.
+    """Per-layer sensitivity: int8 (--quant, default) or pruning (--prune).
 
-    Columns: accuracy points lost with only this layer int8, points lost with every layer
-    but this one int8, points recovered by keeping only this layer float, output SQNR.
+    --quant columns: accuracy points lost with only this layer int8, points lost with every
+    layer but this one int8, points recovered by keeping only this layer float, output SQNR.
+    --prune: points lost with only this layer pruned at each sparsity, and the recommended
+    sparsity under --threshold; the table it writes feeds `edgeopt prune --table`.
 
-    Example: edgeopt scan runs/demo/train/best.safetensors --quant
+    Example: edgeopt scan runs/demo/train/best.safetensors --prune --sparsities 0.5,0.7,0.9
     """
     from edgeopt.errors import ConfigError
     from edgeopt.quantize.jobs import scan_checkpoint
 
     _trust(trust_model_code)
-    if not quant:
-        raise ConfigError("scan needs --quant: per-layer int8 sensitivity is the scan edgeopt offers so far")
-    cfg = _quant_config(config, calibration=calibration, per_channel=per_channel)
+    if quant and prune:
+        raise ConfigError("scan takes --quant or --prune, not both: run it once for each")
     dcfg = _target_data(data, data_root)
+    if prune:
+        from edgeopt.cli.prune_cmd import prune_scan
+
+        prune_scan(checkpoint, out_dir, samples, sparsities, threshold, method, dcfg, config, json_out, resize)
+        return
+    cfg = _quant_config(config, calibration=calibration, per_channel=per_channel)
     rep = scan_checkpoint(checkpoint, cfg, out_dir, dcfg, samples=samples, progress=not json_out, resize=resize)
     if json_out:
         emit_json(rep)

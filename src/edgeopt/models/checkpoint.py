@@ -3,7 +3,9 @@
 The sidecar records what is needed to rebuild and trust the weights: a format marker and
 version, the architecture (``{"name", "kwargs"}``, from ``create_model``), the ModelSpec,
 training history, metrics, the lineage of steps, torch/edgeopt versions, a UTC timestamp
-and the SHA-256 of the weights file. Both files are written atomically (weights first, so a
+and the SHA-256 of the weights file; for a structurally pruned model also the structure
+record (key ``"pruning"``, :mod:`edgeopt.prune.record`) that resizes the freshly built
+architecture before its weights load. Both files are written atomically (weights first, so a
 sidecar on disk always points at complete weights).
 
 Weights are read by :func:`edgeopt.models.weights.load_weights_` (safetensors, or a
@@ -61,7 +63,8 @@ def save_checkpoint(
 
     Args:
         path: ``NAME`` or ``NAME.safetensors``; ``NAME.json`` is written beside it.
-        model: the model; its ``edgeopt_arch`` and ``edgeopt_spec`` go into the sidecar.
+        model: the model; its ``edgeopt_arch`` and ``edgeopt_spec`` go into the sidecar, and
+            a structurally pruned model's ``edgeopt_prune_record`` under ``"pruning"``.
         history: training history (e.g. a list of per-epoch dicts); JSON values.
         metrics: final metrics, e.g. ``{"val_acc": 0.91}``.
         lineage: the steps that produced the model, e.g. ``[{"step": "train", ...}]``.
@@ -103,6 +106,9 @@ def save_checkpoint(
         "edgeopt_version": _edgeopt_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    record = getattr(model, "edgeopt_prune_record", None)
+    if record is not None:  # structured pruning: the shapes to rebuild (edgeopt.prune.record)
+        sidecar["pruning"] = record
     try:  # fail before anything is written
         json.dumps(sidecar, default=_json_default)
     except (TypeError, ValueError) as exc:
@@ -220,7 +226,9 @@ def load_checkpoint(
     Returns:
         ``(model, sidecar)``: the model in eval mode, carrying ``edgeopt_spec``,
         ``edgeopt_arch`` and ``edgeopt_lineage`` (the sidecar's lineage list); the
-        sidecar dict (history, metrics, lineage, ...).
+        sidecar dict (history, metrics, lineage, ...). A structurally pruned checkpoint
+        (sidecar key ``"pruning"``) is rebuilt with :func:`edgeopt.prune.record.apply_record_`
+        before its weights load, and the model carries the record as ``edgeopt_prune_record``.
 
     Raises:
         ModelLoadError: a file is missing, corrupt, foreign, changed since saving, or the
@@ -288,6 +296,12 @@ def load_checkpoint(
                 f"cannot rebuild architecture '{name}' of {weights_path}: {exc}"
             ) from None
 
+    record = sidecar.get("pruning")
+    if record is not None:  # a structurally pruned model: resize the base before loading
+        from edgeopt.prune.record import apply_record_
+
+        apply_record_(model, record)
+        model.edgeopt_prune_record = record  # saving again keeps it
     expected = sidecar.get("sha256")
     if expected and _sha256(weights_path) != expected:
         raise ModelLoadError(
