@@ -129,3 +129,18 @@ def test_sparse_onnx_loads_in_onnxruntime_with_the_dense_outputs(pruned70, digit
     # int64 indices: 12 bytes per kept fp32 weight; measured 0.90x at 70 %
     assert s["kind"] == "sparse onnx" and s["ratio"] < 0.95
     assert s["params"] == rep["cnn.onnx"]["params"] and s["nonzero_params"] == rep["cnn.onnx"]["nonzero_params"]
+
+
+def test_load_checkpoint_reads_a_sparse_checkpoint_as_the_same_model(tmp_path):
+    """Every command loads checkpoints with load_checkpoint: a sparse one gives the same logits."""
+    from edgeopt.data import get_dataset
+    from edgeopt.models import create_model, load_checkpoint
+    from edgeopt.prune import PruneConfig, prune
+    from edgeopt.prune.sparse_storage import save_sparse
+
+    data = get_dataset("digits")
+    pruned = prune(create_model("simple_cnn", data.spec), PruneConfig(ratio=0.7)).model
+    path = save_sparse(tmp_path / "m.sparse.safetensors", pruned)
+    loaded, _ = load_checkpoint(path)
+    x = data.calibration(16)
+    assert torch.equal(loaded(x), pruned(x))

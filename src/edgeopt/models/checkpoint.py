@@ -259,6 +259,11 @@ def load_checkpoint(
             f"NAME.json of a checkpoint written by edgeopt.models.save_checkpoint"
         )
     sidecar = read_sidecar(path)
+    if isinstance(sidecar.get("extra"), Mapping) and sidecar["extra"].get("sparse"):
+        # a sparse checkpoint (bitmask + packed values, edgeopt.prune.sparse_storage)
+        from edgeopt.prune.sparse_storage import load_sparse_checkpoint
+
+        return load_sparse_checkpoint(path, arch=arch, trust_model_code=trust_model_code)
     if sidecar.get("sha256") and _sha256(weights_path) != sidecar["sha256"]:
         # A save killed between its two renames leaves new weights beside the previous
         # sidecar: the weights then carry a sidecar of another save_id, which describes

@@ -78,7 +78,7 @@ def make_record(base_model: nn.Module, pruned_model: nn.Module,
         >>> pruned = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
         >>> r = make_record(base, pruned)
         >>> sorted(r["modules"]), r["modules"]["1"]["buffers"]["running_mean"], r["channels"]
-        (['0', '1', '2'], [8], {'0': [16, 8]})
+        (['0', '1', '2'], [8], {'0': [16, 8], '2': [4, 4]})
     """
     base_mods = dict(base_model.named_modules())
     modules: dict[str, Any] = {}
@@ -200,7 +200,7 @@ def _check_forward(model: nn.Module) -> None:
     try:
         with torch.no_grad():
             model(x)
-    except Exception as exc:  # any failure means the rebuilt shapes do not fit together
+    except Exception as exc:  # noqa: BLE001 - any failure means the rebuilt shapes do not fit together
         raise ModelLoadError(
             f"the pruning record does not fit this model: a forward pass of "
             f"{tuple(x.shape)} fails ({brief(exc, 200)}); the checkpoint was pruned from "
