@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save  # noqa: E402
 
-STEPS = ("base", "structured", "unstructured", "oneshot", "curve")
+#: in the order they run: the cheap one-shot comparison first, the long fine-tunings after
+STEPS = ("base", "oneshot", "structured", "unstructured", "curve")
 
 
 class Cells:
@@ -123,6 +124,9 @@ def main() -> None:
     t0 = time.perf_counter()
 
     base = cells.get("base", bench.base)
+    if "error" in base:
+        sys.exit(f"the unpruned model could not be measured: {base['error']}")
+    o = cells.get("oneshot", bench.oneshot) if "oneshot" in steps else {"error": "not run"}
     rows = [bench.row("unpruned", base, base)]
     if "structured" in steps:
         s = cells.get("structured", bench.structured)
@@ -144,7 +148,6 @@ def main() -> None:
     save(f"pruning_{name}", title, header, rows, notes=notes, extra={"cells": cells.data})
 
     if "oneshot" in steps:
-        o = cells.get("oneshot", bench.oneshot)
         if "error" not in o:
             orows = [[f"{100 * r['sparsity']:.0f}%", f"{100 * r['magnitude']:.2f}", f"{100 * r['obs']:.2f}",
                       f"{100 * (r['obs'] - r['magnitude']):+.2f}"] for r in o["points"]]

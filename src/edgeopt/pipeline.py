@@ -133,7 +133,7 @@ class RunConfig(Config):
     #: pruned variants: each a dict of PruneConfig fields (edgeopt.prune), plus an optional
     #: ``quantize`` dict of QuantConfig fields for a pruned-then-int8 variant; () for none
     prune: tuple[dict, ...] = (
-        {"method": "structured", "ratio": 0.5, "finetune_epochs": 5, "finetune_lr": 0.02,
+        {"method": "structured", "ratio": 0.5, "finetune_epochs": 8, "finetune_lr": 0.02,
          "quantize": {"backend": "onnxruntime"}},
     )
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)

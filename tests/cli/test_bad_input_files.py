@@ -57,10 +57,13 @@ def _commands(ckpt: Path, f: Path) -> dict[str, list[str]]:
         "scan-file": ["scan", str(ckpt), "--out-dir", str(f), "--samples", "16"],
         "demo": ["demo", "--out-dir", str(f / "x"), "--epochs", "1"],
         "bench": ["bench", str(ckpt), "--compare", "--to", "onnx", "--runs", "2", "--out-dir", str(f / "x")],
+        "prune": ["prune", str(ckpt), "--out", str(f / "y.safetensors"), "--no-eval"],
+        "scan-prune": ["scan", str(ckpt), "--prune", "--out-dir", str(f / "x"), "--samples", "16"],
     }
 
 
-@pytest.mark.parametrize("name", ["train", "export", "quantize", "scan", "scan-file", "demo", "bench"])
+@pytest.mark.parametrize("name", ["train", "export", "quantize", "scan", "scan-file", "demo", "bench", "prune",
+                                  "scan-prune"])
 def test_output_under_a_file_fails_at_once_in_one_line(capsys, monkeypatch, ckpt, work, name):
     import edgeopt.models
     from edgeopt.pipeline import DataConfig

@@ -356,7 +356,8 @@ def demo(
     dump: DumpOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """The main job: train a baseline on digits, export to ONNX, measure both runtimes, write the report."""
+    """The main job: train a baseline on digits, export to ONNX, quantize to int8, prune (structured, then
+    int8), measure every variant on its artifact, write the report."""
     from edgeopt.config import load_mapping
     from edgeopt.pipeline import RunConfig, run
 
