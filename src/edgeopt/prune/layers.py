@@ -6,13 +6,12 @@ so a recipe, a sparsity table and a CLI flag all say the same thing.
 
 from __future__ import annotations
 
-import difflib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
 from edgeopt.errors import ConfigError
+from edgeopt.layer_patterns import match_names, matches, near_names
 
 #: Module types whose ``weight`` is pruned. Conv covers 1d/2d/3d and transposed.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -30,52 +29,15 @@ def prunable_layers(model: nn.Module) -> list[str]:
             if isinstance(m, PRUNABLE_TYPES) and getattr(m, "weight", None) is not None]
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    if any(c in pattern for c in "*?["):
-        import fnmatch
-
-        return fnmatch.fnmatchcase(name, pattern)
-    return name == pattern or name.startswith(pattern + ".")
-
-
-def near_names(name: str, names: Sequence[str], n: int = 4) -> str:
-    """``'a, b, c'``: the names most like ``name`` (for "did you mean" errors)."""
-    close = difflib.get_close_matches(name, list(names), n=n, cutoff=0.4)
-    if not close:
-        close = list(names)[:n]
-    return ", ".join(close) + (", ..." if len(names) > len(close) else "")
-
-
 def match_patterns(names: Sequence[str], patterns: Iterable[str], what: str) -> list[str]:
-    """The ``names`` matched by any of ``patterns``; a pattern matching nothing is an error.
-
-    A plain name also matches the layers inside it (``features.1`` matches
-    ``features.1.conv.0.0``); ``*`` globs; ``re:`` starts a full-match regular expression.
-
-    Raises:
-        ConfigError: a pattern matches no layer (the message lists the nearest names), or
-            a regular expression does not compile.
+    """The ``names`` matched by any of ``patterns`` (:mod:`edgeopt.layer_patterns`); a pattern
+    matching nothing is a one-line ConfigError listing the nearest names.
 
     Example:
         >>> match_patterns(["conv1", "layer1.0.conv1", "fc"], ["layer1", "re:f."], "include")
         ['layer1.0.conv1', 'fc']
     """
-    chosen: set[str] = set()
-    for pat in patterns:
-        if pat.startswith("re:"):
-            try:
-                re.compile(pat[3:])
-            except re.error as exc:
-                raise ConfigError(f"{what}: bad regular expression {pat!r}: {exc}") from None
-        hits = [n for n in names if _matches(n, pat)]
-        if not hits:
-            raise ConfigError(
-                f"{what}: {pat!r} matches no prunable layer; nearest: {near_names(pat, names)}"
-            )
-        chosen.update(hits)
-    return [n for n in names if n in chosen]
+    return match_names(names, patterns, what, kind="prunable layer")
 
 
 def select_layers(
@@ -124,7 +86,7 @@ def resolve_layer_ratios(
     out = {n: default for n in names}
     universe = list(all_names) if all_names is not None else list(names)
     for pat, r in (ratios or {}).items():
-        hits = [n for n in universe if _matches(n, pat)]
+        hits = [n for n in universe if matches(n, pat)]
         if not hits:
             raise ConfigError(
                 f"sparsity table: layer {pat!r} does not exist in the model; nearest: "

@@ -203,7 +203,7 @@ def _check(model: nn.Module, example: torch.Tensor, want: list[torch.Size]) -> N
 
 def _opaque_blocks(model: nn.Module, exclude) -> list[str]:
     """Excluded modules that hold layers (blocks), outermost only; they stay whole."""
-    from edgeopt.prune.layers import _matches
+    from edgeopt.layer_patterns import matches as _matches
 
     hits = [n for n, m in model.named_modules()
             if n and not isinstance(m, PRUNABLE_TYPES) and any(_matches(n, p) for p in exclude)

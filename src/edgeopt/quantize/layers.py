@@ -8,15 +8,13 @@ and a CLI flag can say which layers stay float (DESIGN habit 3).
 from __future__ import annotations
 
 import copy
-import fnmatch
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError
+from edgeopt.layer_patterns import match_names
 
 #: module types whose weights and inputs an int8 backend quantizes
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -42,39 +40,15 @@ def float_only_layers(model: nn.Module) -> list[str]:
     return [name for name, mod in model.named_modules() if isinstance(mod, FLOAT_ONLY) and name]
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern) or name == pattern or name.startswith(pattern + ".")
-
-
 def match_layers(names: Sequence[str], patterns: Iterable[str], what: str = "keep_float") -> list[str]:
-    """The ``names`` matched by any of ``patterns``; a pattern that matches nothing is an error.
-
-    A plain name also matches the layers inside it (``features.1`` matches
-    ``features.1.conv.0.0``); ``*`` globs; ``re:`` starts a full-match regular expression.
-
-    Raises:
-        ConfigError: a pattern matches no layer (the message lists some valid names), or a
-            regex does not compile.
+    """The ``names`` matched by any of ``patterns`` (:mod:`edgeopt.layer_patterns`); a pattern
+    that matches nothing is a one-line ConfigError listing the nearest layer names.
 
     Example:
         >>> match_layers(["features.0.0", "features.1.conv.0", "classifier.1"], ["features.1", "re:class.*"])
         ['features.1.conv.0', 'classifier.1']
     """
-    chosen: list[str] = []
-    for pat in patterns:
-        if pat.startswith("re:"):
-            try:
-                re.compile(pat[3:])
-            except re.error as exc:
-                raise ConfigError(f"{what}: bad regular expression {pat!r}: {exc}") from None
-        hits = [n for n in names if _matches(n, pat)]
-        if not hits:
-            sample = ", ".join(list(names)[:6]) + (", ..." if len(names) > 6 else "")
-            raise ConfigError(f"{what}: pattern {pat!r} matches no quantizable layer; layers are: {sample}")
-        chosen.extend(h for h in hits if h not in chosen)
-    return [n for n in names if n in chosen]
+    return match_names(names, patterns, what, kind="quantizable layer")
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
