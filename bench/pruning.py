@@ -12,7 +12,8 @@ gzip'd). Four tables are written:
 * ``pruning_<name>_curve``: the accuracy-vs-sparsity curve of iterative pruning to 90 %.
 
 Each finished step is cached in ``--out-dir/<name>/cells.json`` (and its checkpoints beside
-it), so an interrupted run resumes where it stopped: ``--force STEP`` redoes one step.
+it), so an interrupted run resumes where it stopped: ``--force STEP`` measures a step again
+(reusing its pruned and fine-tuned checkpoint; delete that file to prune and fine-tune anew).
 
 Usage:
     # MobileNetV2 (stem stride 1) trained on the CIFAR-10 JPEG copy (training command in
@@ -252,7 +253,7 @@ class Bench:
         from edgeopt.prune.jobs import save_pruned
 
         path = self.out / f"{stem}.safetensors"
-        if path.is_file() and stem not in self.args.force:
+        if path.is_file():  # --force re-measures; delete the checkpoint to prune and fine-tune again
             return load_checkpoint(path)[0], json.loads(path.with_suffix(".json").read_text())["extra"]["pruning"]
         res = prune(self.model, cfg, self.data, progress=True)
         save_pruned(res, path)

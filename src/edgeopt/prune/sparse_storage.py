@@ -9,9 +9,13 @@ in whichever form is smaller:
   when some zeros are ``-0.0`` (``weight * 0`` of a negative weight), ``NAME::negzero``
   holds one bit per zero for its sign, so the round trip is bit-exact;
 * with ``values="int8"``, float weights of 2+ dims are stored as symmetric per-output-
-  channel int8 (``NAME::q``, ``NAME::scale`` = max|w| / 127 per channel, fp32), densely
+  channel int8 (``NAME::q``, ``NAME::scale`` = max|w| / 127 per channel, fp16 rounded up), densely
   (``dense_int8``) or as bits plus the non-zero int8 values (``bitmask_int8``); the error
-  of each weight is at most half a step (``scale / 2``). Other tensors stay exact.
+  of each weight is at most half a step (``scale / 2``). Batch norms that follow a conv
+  are folded into it first (:mod:`edgeopt.prune.sparse_fold`: their constants take no
+  bytes, ``const``), and float vectors (biases, shifts) are stored as fp16
+  (``dense_fp16``); integer tensors stay exact. The int8 file computes what the model
+  computes up to int8 and fp16 rounding; the fp32 file is the exact one.
 
 The file is written by :func:`edgeopt.models.save_checkpoint` (atomically, with the JSON
 sidecar ``NAME.json`` and the sidecar's copy embedded in the file's header), so it carries
@@ -57,11 +61,12 @@ def _bits(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(mask.numpy(), bitorder="little"))
 
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(w: torch.Tensor, scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: ``(q, scale)`` with ``w ~ q * scale[:, None, ...]``.
 
-    ``scale = max|w| / 127`` per channel (dim 0; 0 for an all-zero channel), fp32; the error
-    of each element is at most ``scale / 2``.
+    ``scale = max|w| / 127`` per channel (dim 0; 0 for an all-zero channel) in
+    ``scale_dtype``; the error of each element is at most ``scale / 2``. An fp16 scale is
+    rounded up (so no weight is clipped), at most 2^-10 above max|w| / 127.
 
     Example:
         >>> q, s = quantize_int8(torch.tensor([[1.0, -0.5], [0.0, 0.0]]))
@@ -70,9 +75,16 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     w32 = w.detach().to(torch.float32).reshape(w.shape[0], -1)
     scale = w32.abs().amax(dim=1) / 127.0
+    if scale_dtype != torch.float32:
+        low = scale.to(scale_dtype)
+        up = torch.where(low.float() < scale, torch.nextafter(low, torch.full_like(low, float("inf"))), low)
+        if bool(torch.isfinite(up).all()):
+            scale = up.float()
+        else:  # a weight beyond fp16's range: keep the fp32 scale
+            scale_dtype = torch.float32
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round(w32 / safe[:, None]), -127, 127).to(torch.int8)
-    return q.reshape(w.shape), scale
+    return q.reshape(w.shape), scale.to(scale_dtype)
 
 
 def _pack(name: str, t: torch.Tensor, values: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -82,8 +94,11 @@ def _pack(name: str, t: torch.Tensor, values: str) -> tuple[dict[str, torch.Tens
         raise UnsupportedModelError(f"sparse checkpoint: tensor '{name}' has dtype {dtype}, which it cannot store")
     entry: dict[str, Any] = {"shape": list(t.shape), "dtype": dtype}
     n = t.numel()
+    if values == "int8" and t.is_floating_point() and t.dim() <= 1 and n > 1:
+        # biases, batch-norm vectors, folded shifts: fp16 is far finer than the int8 weights
+        return {name: t.to(torch.float16)}, {**entry, "format": "dense_fp16"}
     if values == "int8" and t.is_floating_point() and t.dim() >= 2 and n:
-        q, scale = quantize_int8(t)
+        q, scale = quantize_int8(t, torch.float16)  # fp16 scales: 1/2 of their bytes, error <= 2^-10
         flat = q.reshape(-1)
         keep = flat != 0
         nnz = int(keep.sum())
@@ -178,13 +193,27 @@ def save_sparse(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor],
         raise ConfigError(f"save_sparse: values must be one of {', '.join(VALUES)}, got {values!r}")
     packed: dict[str, torch.Tensor] = {}
     tensors: dict[str, Any] = {}
-    for name, t in _plain(model).items():
+    state, consts, pairs = _plain(model), {}, []
+    if values == "int8" and isinstance(model, nn.Module):
+        from edgeopt.prune.sparse_fold import conv_bn_pairs, fold_state
+
+        pairs = conv_bn_pairs(model)
+        state, consts = fold_state(model, state, pairs)
+    for name, t in state.items():
         if "::" in name:
             raise UnsupportedModelError(f"save_sparse: tensor name '{name}' holds '::', which the format reserves")
+        if name in consts:  # a folded batch norm's constant: no bytes
+            tensors[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                             "format": "const", "value": consts[name]}
+            continue
         stored, entry = _pack(name, t, values)
         packed.update({k: v.contiguous() for k, v in stored.items()})
         tensors[name] = entry
     header = {"version": SPARSE_VERSION, "values": values, "bitorder": "little", "tensors": tensors}
+    if pairs:
+        from edgeopt.prune.sparse_fold import folded_names
+
+        header["folded_batchnorm"] = folded_names(pairs)
     lineage = list(getattr(model, "edgeopt_lineage", []) or []) if isinstance(model, nn.Module) else []
     return save_checkpoint(path, _Packed(packed, model), metrics=metrics, lineage=lineage,
                            extra={**dict(extra or {}), "sparse": header})
@@ -226,6 +255,12 @@ def _unpack(fh: Any, name: str, e: Mapping[str, Any], p: Path) -> torch.Tensor:
     n = int(np.prod(shape)) if shape else 1
     if fmt == "dense":
         t = fh.get_tensor(name)
+    elif fmt == "dense_fp16":
+        t = fh.get_tensor(name).to(dtype)
+    elif fmt == "const":
+        if not isinstance(e.get("value"), (int, float)):
+            raise ModelLoadError(f"{p}: the sparse header of '{name}' is damaged (constant value)")
+        t = torch.full(shape, float(e["value"]), dtype=dtype)
     elif fmt in ("bitmask", "bitmask_int8", "dense_int8"):
         if fmt == "dense_int8":
             q = fh.get_tensor(f"{name}::q").reshape(-1)
