@@ -207,6 +207,11 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: Any = None,
     if config.schedule == "oneshot":
         work = copy.deepcopy(base)
         out = get_method(config.method)(work, config, layers, ratios, data, progress)
+        if config.recalibrate_bn and not config.finetune_epochs and data is not None:
+            from edgeopt.prune.bn_recalibration import recalibrate_batchnorm_
+
+            n = recalibrate_batchnorm_(out.model, data.calibration(config.calibration_samples, seed=config.seed))
+            out.info["bn_recalibrated"] = n
         if config.finetune_epochs:
             from edgeopt.prune.schedule import finetune
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.prune.bn_recalibration import recalibrate_batchnorm_
+
 from edgeopt.errors import ConfigError, NumericalError, UnsupportedModelError
 from edgeopt.prune._base import Pruned
 from edgeopt.prune.unstructured import removal_count, smallest_k
@@ -308,8 +310,13 @@ def METHOD(model: nn.Module, config: Any, layers: list[str], ratios: dict[str, f
     order = [n for n, _ in model.named_modules() if n in chosen]
     step, stop = _progress(progress, len(order))
     try:
-        for name in order:
+        for i, name in enumerate(order):
             module = model.get_submodule(name)
+            if i and getattr(config, "recalibrate_bn", False):
+                # the layers pruned so far shifted their outputs: the Hessian of this layer is
+                # taken on the activations the deployed model will see once its batch norms are
+                # re-estimated (edgeopt.prune.bn_recalibration), not on stale statistics
+                recalibrate_batchnorm_(model, images)
             H = layer_hessian(model, name, images)
             W0 = grouped_weight(module)
             k = removal_count(module.weight.numel(), ratios.get(name, 0.0))
