@@ -120,3 +120,20 @@ def test_checkpoint_carries_the_record_and_old_checkpoints_still_load(tmp_path):
     loaded2, _ = load_checkpoint(plain)
     assert not hasattr(loaded2, "edgeopt_prune_record")
     assert sum(p.numel() for p in loaded2.parameters()) == r.params_before == 272474
+
+
+def test_a_record_may_set_only_shape_attributes_and_existing_tensors():
+    """A sidecar is data: a hand-edited record that sets another attribute or adds a tensor is
+    refused in one line, before anything is changed."""
+    import pytest as _pytest
+    from torch import nn as _nn
+
+    from edgeopt.errors import ModelLoadError
+    from edgeopt.prune.record import RECORD_FORMAT, RECORD_VERSION, apply_record_
+
+    for entry in ({"type": "Conv2d", "attrs": {"forward": 3}},
+                  {"type": "Conv2d", "params": {"extra_weight": [2, 2]}}):
+        rec = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "modules": {"0": entry}}
+        with _pytest.raises(ModelLoadError) as e:
+            apply_record_(_nn.Sequential(_nn.Conv2d(3, 4, 3)), rec, verify=False)
+        assert "damaged" in str(e.value) and "\n" not in str(e.value)

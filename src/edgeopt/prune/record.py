@@ -153,7 +153,15 @@ def apply_record_(model: nn.Module, record: dict[str, Any], *, verify: bool = Tr
                     f"{found} there: the checkpoint was pruned from another architecture"
                 )
             for a, v in entry.get("attrs", {}).items():
+                if a not in SHAPE_ATTRS:  # a file is data: it may set shape numbers, nothing else
+                    raise ModelLoadError(f"the pruning record sets '{name}.{a}', which is not a shape "
+                                         f"attribute; the checkpoint sidecar is damaged or hand-edited")
                 setattr(m, a, tuple(int(i) for i in v) if isinstance(v, list) else int(v))
+            unknown = [k for k in entry.get("params", {}) if k not in m._parameters] + \
+                      [k for k in entry.get("buffers", {}) if k not in m._buffers]
+            if unknown:
+                raise ModelLoadError(f"the pruning record resizes '{name}.{unknown[0]}', which the "
+                                     f"{type(m).__name__} does not have; the checkpoint sidecar is damaged")
             for k, shape in entry.get("params", {}).items():
                 old = m._parameters.get(k)
                 if shape is None:
