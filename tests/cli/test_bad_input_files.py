@@ -25,6 +25,13 @@ TRAIN = ["train", "--model", "simple_cnn", "--data", "digits", "--batch-size", "
 
 
 
+def _default_sigint() -> None:
+    """preexec_fn of a child that must see Ctrl-C: a shell starts background jobs (``make
+    test &``, CI steps) with SIGINT ignored, the child would inherit that, and Python then
+    installs no KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (hidden ones included) with its content."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -197,7 +204,8 @@ def test_ctrl_c_during_train_says_what_was_kept_and_resume_continues(tmp_path):
     out = tmp_path / "run"
     cmd = [*EDGEOPT, *TRAIN, "--epochs", "200", "--max-steps-per-epoch", "20", "--threads", "1",
            "--out-dir", str(out)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and not (out / "last.json").exists():
@@ -297,7 +305,8 @@ def test_two_live_trainings_into_one_folder(capsys, tmp_path):
     cmd = [sys.executable, "-m", "edgeopt.train", "--model", "simple_cnn", "--data", "digits",
            "--epochs", "200", "--max-steps-per-epoch", "20", "--threads", "1", "--no-progress",
            "--out-dir", str(out)]
-    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_default_sigint)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None and not (out / "last.json").exists():
