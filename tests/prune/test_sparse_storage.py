@@ -160,3 +160,18 @@ def test_load_checkpoint_reads_a_sparse_checkpoint_as_the_same_model(tmp_path):
     loaded, _ = load_checkpoint(path)
     x = data.calibration(16)
     assert torch.equal(loaded(x), pruned(x))
+
+
+def test_a_structured_model_saved_sparse_reloads_through_its_pruning_record(tmp_path):
+    """Sparse files go through load_checkpoint's one loading path, so the structure record of
+    a channel-pruned model is re-applied before the sparse weights load."""
+    from edgeopt.data import get_dataset
+    from edgeopt.models import create_model, load_checkpoint
+    from edgeopt.prune import PruneConfig, prune
+    from edgeopt.prune.sparse_storage import save_sparse
+
+    data = get_dataset("digits")
+    pruned = prune(create_model("simple_cnn", data.spec), PruneConfig(method="structured", ratio=0.5)).model
+    loaded, side = load_checkpoint(save_sparse(tmp_path / "s.sparse.safetensors", pruned))
+    x = data.calibration(16)
+    assert side["pruning"]["modules"] and torch.equal(loaded(x), pruned(x))

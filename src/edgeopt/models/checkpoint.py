@@ -28,7 +28,7 @@ from torch import nn
 from edgeopt._io import _json_default, write_text_atomic, write_with_atomic
 from edgeopt.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from edgeopt.models.trust import check_model_code
-from edgeopt.models.weights import load_weights_
+from edgeopt.models.weights import load_state_, load_weights_
 from edgeopt.spec import SPEC_ATTR, ModelSpec, attach_spec
 
 FORMAT = "edgeopt_checkpoint"
@@ -259,11 +259,6 @@ def load_checkpoint(
             f"NAME.json of a checkpoint written by edgeopt.models.save_checkpoint"
         )
     sidecar = read_sidecar(path)
-    if isinstance(sidecar.get("extra"), Mapping) and sidecar["extra"].get("sparse"):
-        # a sparse checkpoint (bitmask + packed values, edgeopt.prune.sparse_storage)
-        from edgeopt.prune.sparse_storage import load_sparse_checkpoint
-
-        return load_sparse_checkpoint(path, arch=arch, trust_model_code=trust_model_code)
     if sidecar.get("sha256") and _sha256(weights_path) != sidecar["sha256"]:
         # A save killed between its two renames leaves new weights beside the previous
         # sidecar: the weights then carry a sidecar of another save_id, which describes
@@ -313,7 +308,14 @@ def load_checkpoint(
             f"{weights_path} changed since {sidecar_path.name} was written (SHA-256 differs); "
             f"it is corrupt or was replaced: re-save the checkpoint, or use load_weights_"
         )
-    load_weights_(model, weights_path)
+    extra = sidecar.get("extra")
+    if isinstance(extra, Mapping) and extra.get("sparse"):
+        # a sparse checkpoint (bitmask + packed values, edgeopt.prune.sparse_storage)
+        from edgeopt.prune.sparse_storage import load_sparse
+
+        load_state_(model, load_sparse(weights_path), weights_path)
+    else:
+        load_weights_(model, weights_path)
     # later steps append to this (edgeopt.train reads model.edgeopt_lineage)
     model.edgeopt_lineage = list(sidecar.get("lineage") or [])
     model.eval()

@@ -67,7 +67,22 @@ def load_weights_(model: nn.Module, path: str | Path) -> nn.Module:
             f".safetensors; import it with `edgeopt import {p} --model NAME` (it reads the file "
             f"with torch.load(weights_only=True), which refuses code), or rename it to .pt"
         )
-    state = read_state_dict(p)
+    return load_state_(model, read_state_dict(p), p)
+
+
+def load_state_(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> nn.Module:
+    """Load a state_dict read from ``source`` into ``model`` (in place), strictly.
+
+    ``module.``/``_orig_mod.`` prefixes are removed; tensors that do not fit are a one-line
+    ModelLoadError naming the first of them. :func:`load_weights_` and the sparse
+    checkpoints of :mod:`edgeopt.prune.sparse_storage` read their files, then call this.
+
+    Example:
+        >>> from torch import nn
+        >>> load_state_(nn.Linear(2, 2), {"module.weight": torch.ones(2, 2), "module.bias": torch.zeros(2)}, "x").weight.sum().item()
+        4.0
+    """
+    p = Path(source)
     file_meta = getattr(state, "_metadata", None)
     stripped = _strip_prefixes(state, model)
     _check_fit(model, stripped, p)

@@ -125,14 +125,15 @@ def _pack(name: str, t: torch.Tensor, values: str) -> tuple[dict[str, torch.Tens
 
 class _Packed(nn.Module):
     """What :func:`save_checkpoint` reads of a model, holding the packed tensors: its
-    ``state_dict`` is them; parameters, spec, architecture and lineage are the source's."""
+    ``state_dict`` is them; parameters, spec, architecture, lineage and a structured model's
+    pruning record are the source's."""
 
     def __init__(self, packed: dict[str, torch.Tensor], source: Any) -> None:
         super().__init__()
         self._packed = packed
         self.__dict__["_source"] = source  # not a registered submodule
         if isinstance(source, nn.Module):
-            for attr in ("edgeopt_spec", "edgeopt_arch", "edgeopt_lineage"):
+            for attr in ("edgeopt_spec", "edgeopt_arch", "edgeopt_lineage", "edgeopt_prune_record"):
                 if hasattr(source, attr):
                     setattr(self, attr, getattr(source, attr))
 
@@ -348,50 +349,11 @@ def load_sparse_checkpoint(path: str | Path, *, arch: str | Mapping[str, Any] | 
         >>> torch.equal(m2.fc.weight, m.fc.weight), side["arch"]["name"]
         (True, 'simple_cnn')
     """
-    from edgeopt.models import checkpoint as ck
-    from edgeopt.models.factory import create_model
-    from edgeopt.models.trust import check_model_code
-    from edgeopt.models.weights import compare_state, with_versions
-    from edgeopt.spec import SPEC_ATTR, ModelSpec, attach_spec
+    from edgeopt.models.checkpoint import load_checkpoint
 
-    weights_path, sidecar_path = ck.checkpoint_paths(path)
-    if not weights_path.is_file():
-        raise ModelLoadError(f"sparse checkpoint not found: {weights_path}")
-    sidecar = ck.read_sidecar(path)
-    digest = ck._sha256(weights_path)
-    if sidecar.get("sha256") and digest != sidecar["sha256"]:
-        embedded = ck._embedded_sidecar(weights_path)  # a save killed between its two renames
-        if not embedded or embedded.get("save_id") == sidecar.get("save_id"):
-            raise ModelLoadError(f"{weights_path} changed since {sidecar_path.name} was written "
-                                 f"(SHA-256 differs); it is corrupt or was replaced: re-save it")
-        sidecar = embedded
-    state = load_sparse(weights_path)
-    try:
-        spec = ModelSpec.from_dict(sidecar["spec"]) if sidecar.get("spec") is not None else None
-    except ConfigError as exc:
-        raise ModelLoadError(f"{sidecar_path}: {exc}") from None
-    if isinstance(arch, nn.Module):
-        model = arch
-        if spec is not None and getattr(model, SPEC_ATTR, None) is None:
-            attach_spec(model, spec)
-    else:
-        name, kwargs = ck._resolve_arch(arch, sidecar, sidecar_path)
-        if arch is None and not trust_model_code:
-            check_model_code(name, str(sidecar_path))
-        if spec is None:
-            raise ModelLoadError(f"{sidecar_path} records no ModelSpec; pass the model: arch=model")
-        try:
-            model = create_model(name, spec, **kwargs)
-        except ConfigError as exc:
-            raise ModelLoadError(f"cannot rebuild architecture '{name}' of {weights_path}: {exc}") from None
-    missing, unexpected, other = compare_state(model, state)
-    if missing or unexpected or other:
-        first = (missing or unexpected or other)[:3]
-        raise ModelLoadError(f"{weights_path} does not fit the model: {len(missing)} missing, "
-                             f"{len(unexpected)} unexpected, {len(other)} of another shape (e.g. {', '.join(first)})")
-    model.load_state_dict(with_versions(state, model), strict=False)
-    model.edgeopt_lineage = list(sidecar.get("lineage") or [])
-    return model.eval(), sidecar
+    sparse_header(path)  # a missing or dense file is refused here, in one line
+    # load_checkpoint reads the sparse format itself: one loading path for both formats
+    return load_checkpoint(path, arch=arch, trust_model_code=trust_model_code)
 
 
 
