@@ -53,3 +53,14 @@ def dump_config(cfg: Any) -> None:
 
 def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
+
+
+def config_from(cls: Any, config_path: Any, base: dict[str, Any] | None = None, **flags: Any) -> Any:
+    """``cls`` (a Config) from ``--config`` (YAML/JSON), then ``base``, then the flags given
+    on the command line (a flag left at None is not given, so the file's value stays)."""
+    from edgeopt.config import load_mapping
+
+    d = dict(load_mapping(config_path)) if config_path is not None else {}
+    d.update(base or {})
+    d.update(drop_none(flags))
+    return cls.from_dict(d)

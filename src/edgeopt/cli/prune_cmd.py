@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeopt.cli._common import drop_none, dump_config, emit_json, print_table
+from edgeopt.cli._common import config_from, dump_config, emit_json, print_table
 from edgeopt.cli.app import (
     ConfigOpt,
     DataOpt,
@@ -26,16 +26,14 @@ from edgeopt.cli.app import (
 
 def prune_config(config: Optional[Path], table: Optional[Path] = None, **flags):
     """The PruneConfig of a command line: ``--config`` file, then ``--table``, then flags."""
-    from edgeopt.config import load_mapping
     from edgeopt.prune import PruneConfig
 
-    d = dict(load_mapping(config)) if config is not None else {}
+    base = {}
     if table is not None:
         from edgeopt.prune.table import read_sparsity_table
 
-        d["layer_ratios"] = read_sparsity_table(table)
-    d.update(drop_none(flags))
-    return PruneConfig.from_dict(d)
+        base["layer_ratios"] = read_sparsity_table(table)
+    return config_from(PruneConfig, config, base, **flags)
 
 
 @app.command()

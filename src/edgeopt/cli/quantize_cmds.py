@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeopt.cli._common import drop_none, dump_config, emit_json, print_table
+from edgeopt.cli._common import config_from, dump_config, emit_json, print_table
 from edgeopt.cli.app import (
     ConfigOpt,
     DataOpt,
@@ -26,12 +26,9 @@ from edgeopt.cli.app import (
 
 # ------------------------------------------------------------------------------ quantize
 def _quant_config(config, **flags):
-    from edgeopt.config import load_mapping
     from edgeopt.quantize import QuantConfig
 
-    d = dict(load_mapping(config)) if config is not None else {}
-    d.update(drop_none(flags))
-    return QuantConfig.from_dict(d)
+    return config_from(QuantConfig, config, **flags)
 
 
 @app.command()
