@@ -66,3 +66,52 @@ def write_markdown() -> Path:
         if r.get("notes"):
             parts += ["", r["notes"]]
     return write_text_atomic(DOC, "\n".join(parts) + "\n")
+
+
+def checkpoint_or_train(checkpoint: str, data: str, train_model: str | None, epochs: int,
+                        augment: bool = False) -> Path:
+    """``checkpoint`` when it exists; else train ``train_model`` on ``data`` into its folder
+    (batch 128, lr 0.05, 2 threads) and return the best checkpoint."""
+    ckpt = Path(checkpoint)
+    if ckpt.is_file():
+        return ckpt
+    if not train_model:
+        sys.exit(f"{ckpt} does not exist; pass --train-model NAME to train it first")
+    from edgeopt.pipeline import DataConfig, ModelConfig, TrainJob, train_job
+    from edgeopt.train import TrainConfig
+
+    job = TrainJob(data=DataConfig(name=data), model=ModelConfig(name=train_model),
+                   train=TrainConfig(epochs=epochs, batch_size=128, lr=0.05, out_dir=str(ckpt.parent),
+                                     threads=2, progress=False, augment=augment))
+    return Path(train_job(job).best_path)
+
+
+def load_bench_model(ckpt: Path, data: str, name: str | None, out_dir: str):
+    """``(model, arch, DataModule, results name, output folder)`` of a benchmark run."""
+    from edgeopt.models import load_checkpoint
+    from edgeopt.pipeline import DataConfig
+
+    model, meta = load_checkpoint(ckpt)
+    arch = (meta.get("arch") or {}).get("name", "model")
+    dm = DataConfig(name=data).load()
+    name = name or f"{arch}_{dm.name.split('/')[-1].split(':')[-1]}"
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    return model, arch, dm, name, out
+
+
+def accuracy(runner, x, y, batch: int = 256) -> float:
+    """Top-1 accuracy of a Runner on ``(x, y)``, in batches."""
+    import numpy as np
+
+    pred = np.concatenate([runner.predict(x[i:i + batch].numpy()).argmax(1) for i in range(0, len(x), batch)])
+    return float((pred == y.numpy()).mean())
+
+
+def median_ms(target, spec, runs: int, warmup: int = 20) -> float:
+    """Batch-1 median latency of ``target`` in ms, at 1 thread."""
+    from edgeopt.evaluate import measure_latency
+    from edgeopt.runtime import get_runner
+
+    r = get_runner(target, threads=1)
+    return measure_latency(r, spec, batch_size=1, runs=runs, warmup=warmup, threads=1).median_ms

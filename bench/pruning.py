@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save  # noqa: E402
+from _common import accuracy, checkpoint_or_train, load_bench_model, median_ms, save  # noqa: E402
 
 #: in the order they run: the cheap one-shot comparison first, the long fine-tunings after
 STEPS = ("base", "oneshot", "structured", "unstructured", "curve")
@@ -100,25 +100,9 @@ def main() -> None:
 
     import torch
 
-    from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import DataConfig, ModelConfig, TrainJob, train_job
-    from edgeopt.train import TrainConfig
-
     torch.set_num_threads(2)  # pruning and fine-tuning; every timing below sets 1 thread
-    ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
-        if not args.train_model:
-            sys.exit(f"{ckpt} does not exist; pass --train-model NAME to train it first")
-        job = TrainJob(data=DataConfig(name=args.data), model=ModelConfig(name=args.train_model),
-                       train=TrainConfig(epochs=args.train_epochs, batch_size=128, lr=0.05, out_dir=str(ckpt.parent),
-                                         threads=2, progress=False, augment=True))
-        ckpt = Path(train_job(job).best_path)
-    model, meta = load_checkpoint(ckpt)
-    arch = (meta.get("arch") or {}).get("name", "model")
-    data = DataConfig(name=args.data).load()
-    name = args.name or f"{arch}_{data.name.split('/')[-1].split(':')[-1]}"
-    out = Path(args.out_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_or_train(args.checkpoint, args.data, args.train_model, args.train_epochs, augment=True)
+    model, arch, data, name, out = load_bench_model(ckpt, args.data, args.name, args.out_dir)
     cells = Cells(out / "cells.json", set(filter(None, args.force.split(","))))
     steps = set(args.steps.split(","))
     bench = Bench(args, model, data, out)
@@ -182,20 +166,12 @@ class Bench:
 
     # -- measurements ------------------------------------------------------------------
     def acc(self, target) -> float:
-        import numpy as np
-
         from edgeopt.runtime import get_runner
 
-        r = get_runner(target, threads=2)
-        pred = np.concatenate([r.predict(self.x[i:i + 256].numpy()).argmax(1) for i in range(0, len(self.x), 256)])
-        return float((pred == self.y.numpy()).mean())
+        return accuracy(get_runner(target, threads=2), self.x, self.y)
 
     def ms(self, target) -> float:
-        from edgeopt.evaluate import measure_latency
-        from edgeopt.runtime import get_runner
-
-        r = get_runner(target, threads=1)
-        return measure_latency(r, self.data.spec, batch_size=1, runs=self.args.runs, warmup=20, threads=1).median_ms
+        return median_ms(target, self.data.spec, self.args.runs)
 
     def measure(self, model, stem: str) -> dict:
         """fp32 eager / ONNX / int8 ONNX (/ LiteRT fp32 + int8) of ``model``."""

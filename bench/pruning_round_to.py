@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save  # noqa: E402
+from _common import median_ms, save  # noqa: E402
 
 
 def main() -> None:
@@ -35,13 +35,11 @@ def main() -> None:
 
     import torch
 
-    from edgeopt.evaluate import measure_latency
     from edgeopt.export import export_model
     from edgeopt.models import load_checkpoint
     from edgeopt.pipeline import DataConfig
     from edgeopt.prune import PruneConfig, prune
     from edgeopt.quantize import QuantConfig, quantize
-    from edgeopt.runtime import get_runner
 
     torch.set_num_threads(2)
     model, meta = load_checkpoint(args.checkpoint)
@@ -52,8 +50,7 @@ def main() -> None:
     x = data.samples(256)[0]
 
     def ms(target) -> float:
-        r = get_runner(target, threads=1)
-        return measure_latency(r, data.spec, batch_size=1, runs=args.runs, warmup=30, threads=1).median_ms
+        return median_ms(target, data.spec, args.runs, warmup=30)
 
     def variant(m, stem: str) -> tuple[float, float]:
         onnx = export_model(m, "onnx", out / f"{stem}.onnx", samples=x).artifact

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save
+from _common import accuracy, checkpoint_or_train, load_bench_model, median_ms, save
 
 #: (row name, QuantConfig fields); QAT fields are added from the command line
 VARIANTS = [
@@ -38,13 +38,6 @@ VARIANTS = [
     ("torch pt2e-x86 static (inductor)", {"backend": "torch", "engine": "pt2e-x86"}),
     ("litert static per-channel", {"backend": "litert"}),
 ]
-
-
-def _accuracy(runner, x, y, batch: int = 256) -> float:
-    import numpy as np
-
-    pred = np.concatenate([runner.predict(x[i:i + batch].numpy()).argmax(1) for i in range(0, len(x), batch)])
-    return float((pred == y.numpy()).mean())
 
 
 def main() -> None:
@@ -65,38 +58,20 @@ def main() -> None:
 
     import torch
 
-    from edgeopt.evaluate import measure_latency
     from edgeopt.export import export_model
-    from edgeopt.models import load_checkpoint
-    from edgeopt.pipeline import DataConfig, ModelConfig, TrainJob, train_job
     from edgeopt.quantize import QuantConfig, quantize
     from edgeopt.runtime import get_runner
-    from edgeopt.train import TrainConfig
 
     torch.set_num_threads(1)
-    ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
-        if not args.train_model:
-            sys.exit(f"{ckpt} does not exist; pass --train-model NAME to train it first")
-        job = TrainJob(data=DataConfig(name=args.data), model=ModelConfig(name=args.train_model),
-                       train=TrainConfig(epochs=args.train_epochs, batch_size=128, lr=0.05, out_dir=str(ckpt.parent),
-                                         threads=2, progress=False))
-        res = train_job(job)
-        ckpt = Path(res.best_path)
-    model, meta = load_checkpoint(ckpt)
-    arch = (meta.get("arch") or {}).get("name", "model")
-    data = DataConfig(name=args.data).load()
-    name = args.name or f"{arch}_{data.name.split('/')[-1].split(':')[-1]}"
-    out = Path(args.out_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_or_train(args.checkpoint, args.data, args.train_model, args.train_epochs)
+    model, arch, data, name, out = load_bench_model(ckpt, args.data, args.name, args.out_dir)
     x, y = data.samples(10**9, split="test")
 
     def latency(target) -> float:
-        r = get_runner(target, threads=1)
-        return measure_latency(r, data.spec, batch_size=1, runs=args.runs, warmup=20, threads=1).median_ms
+        return median_ms(target, data.spec, args.runs)
 
     t0 = time.perf_counter()
-    fp32_acc = _accuracy(get_runner(model, threads=1), x, y)
+    fp32_acc = accuracy(get_runner(model, threads=1), x, y)
     eager_ms = latency(model)
     fp32_onnx = export_model(model, "onnx", out / "fp32.onnx", samples=x[:256]).artifact
     onnx_ms = latency(fp32_onnx)
@@ -107,7 +82,7 @@ def main() -> None:
         ["fp32 PyTorch eager", "checkpoint", f"{ckpt.stat().st_size / 1e6:.2f}", "–", f"{100 * fp32_acc:.2f}", "–",
          "–", f"{eager_ms:.3f}", "1.00x"],
         ["fp32 ONNX Runtime", "onnx", f"{fp32_size / 1e6:.2f}", "1.00x",
-         f"{100 * _accuracy(get_runner(fp32_onnx, threads=1), x, y):.2f}", "–", "–", f"{onnx_ms:.3f}",
+         f"{100 * accuracy(get_runner(fp32_onnx, threads=1), x, y):.2f}", "–", "–", f"{onnx_ms:.3f}",
          f"{eager_ms / onnx_ms:.2f}x"],
     ]
     details = {}
@@ -123,7 +98,7 @@ def main() -> None:
         try:
             res = quantize(model, QuantConfig(**f), data, out / label.split(" (")[0].replace(" ", "_"))
             art = res.artifact
-            acc = _accuracy(get_runner(art, threads=1), x, y)
+            acc = accuracy(get_runner(art, threads=1), x, y)
             ms = latency(art)
             agr = res.agreement["top1_agreement"] if res.agreement else None
             rows.append([label, art.format, f"{art.size_bytes / 1e6:.2f}", f"{art.size_bytes / fp32_size:.3f}x",
