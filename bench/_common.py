@@ -115,3 +115,28 @@ def median_ms(target, spec, runs: int, warmup: int = 20) -> float:
 
     r = get_runner(target, threads=1)
     return measure_latency(r, spec, batch_size=1, runs=runs, warmup=warmup, threads=1).median_ms
+
+
+def interleaved_medians(targets: dict, spec, rounds: int = 20, runs: int = 20, warmup: int = 30) -> dict[str, float]:
+    """Batch-1 median latency (ms, 1 thread) of several targets, timed in alternation.
+
+    Each round times ``runs`` calls of every target in turn (the order rotates), so a slow
+    minute on a shared machine slows every target alike and the ratios between them stay
+    honest; a target's figure is the median of its per-round medians. ``targets`` maps a
+    label to an artifact path, a Runner or an eager ``nn.Module``.
+    """
+    import numpy as np
+
+    from edgeopt.evaluate import measure_latency
+    from edgeopt.runtime import get_runner
+
+    runners = {k: (t if hasattr(t, "predict") or hasattr(t, "forward") else get_runner(t, threads=1))
+               for k, t in targets.items()}
+    for r in runners.values():
+        measure_latency(r, spec, batch_size=1, runs=1, warmup=warmup, threads=1)
+    per: dict[str, list[float]] = {k: [] for k in runners}
+    keys = list(runners)
+    for i in range(rounds):
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            per[k].append(measure_latency(runners[k], spec, batch_size=1, runs=runs, warmup=2, threads=1).median_ms)
+    return {k: float(np.median(v)) for k, v in per.items()}

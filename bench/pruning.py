@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import accuracy, checkpoint_or_train, load_bench_model, median_ms, save  # noqa: E402
+from _common import accuracy, checkpoint_or_train, interleaved_medians, load_bench_model, median_ms, save  # noqa: E402
 
 #: in the order they run: the cheap one-shot comparison first, the long fine-tunings after
 STEPS = ("base", "oneshot", "structured", "unstructured", "curve")
@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=3)
     ap.add_argument("--importance", default="l1", help="structured importance (l1, taylor, obd, ...)")
     ap.add_argument("--macs", type=float, default=0.5, help="fraction of MACs the structured variant removes")
+    ap.add_argument("--round-to", type=int, default=None, help="structured channel rounding (default: PruneConfig's)")
+    ap.add_argument("--scope", default="local", help="structured scope: local (uniform) or global")
     ap.add_argument("--unstructured", type=float, default=0.7, help="sparsity of the unstructured variant")
     ap.add_argument("--recover-epochs", type=int, default=4, help="fine-tuning epochs after structured pruning")
     ap.add_argument("--recover-epochs-unstructured", type=int, default=None,
@@ -100,6 +102,8 @@ def main() -> None:
 
     import torch
 
+    from edgeopt.prune import PruneConfig
+
     torch.set_num_threads(2)  # pruning and fine-tuning; every timing below sets 1 thread
     ckpt = checkpoint_or_train(args.checkpoint, args.data, args.train_model, args.train_epochs, augment=True)
     model, arch, data, name, out = load_bench_model(ckpt, args.data, args.name, args.out_dir)
@@ -112,21 +116,27 @@ def main() -> None:
     if "error" in base:
         sys.exit(f"the unpruned model could not be measured: {base['error']}")
     o = cells.get("oneshot", bench.oneshot) if "oneshot" in steps else {"error": "not run"}
+    timed = {"base": base}
+    for step in ("structured", "unstructured"):
+        if step in steps:
+            timed[step] = cells.get(step, getattr(bench, step))
+    bench.retime(timed)
     rows = [bench.row("unpruned", base, base)]
     if "structured" in steps:
-        s = cells.get("structured", bench.structured)
-        rows.append(bench.row(f"structured -{100 * args.macs:.0f}% MACs ({args.importance}), "
+        s = timed["structured"]
+        rt = args.round_to or PruneConfig().round_to
+        rows.append(bench.row(f"structured -{100 * args.macs:.0f}% MACs ({args.importance}, {args.scope}, round_to {rt}), "
                               f"{args.recover_epochs} ep recovery", s, base))
     if "unstructured" in steps:
-        u = cells.get("unstructured", bench.unstructured)
+        u = timed["unstructured"]
         rows.append(bench.row(f"unstructured {100 * args.unstructured:.0f}%, "
                               f"{args.recover_epochs_unstructured} ep recovery", u, base))
     header = ["variant", "top-1 %", "drop", "MACs M", "params", "ORT fp32 ms", "vs unpruned ORT",
               "vs fp32 eager", "int8 top-1 %", "ORT int8 ms", "vs unpruned int8", "LiteRT fp32 vs unpruned",
               "LiteRT int8 vs unpruned", "file MB (fp32 / sparse / sparse int8)"]
     title = f"Pruning: {arch} on {data.name.split('/')[-1]} (test split, {base.get('n_test')} images)"
-    notes = (f"Checkpoint {ckpt}. Latency: batch-1 median of {args.runs} runs after warm-up, 1 thread, measured "
-             "in this run; ratios are the unpruned artifact's median / the variant's (>1: faster). int8: ONNX Runtime "
+    notes = (f"Checkpoint {ckpt}. Latency: batch-1, 1 thread; every variant of a runtime is timed in alternation "
+             f"in this invocation ({bench.rounds} rounds of 20 runs, median of the round medians); ratios are the unpruned artifact's median / the variant's (>1: faster). int8: ONNX Runtime "
              "static per-channel (QDQ), LiteRT int8 through litert-torch. Drop: fp32 points lost against the "
              f"unpruned model. Recovery: SGD, cosine, lr {args.recover_lr}, augmentation on. "
              f"Wall time of this invocation {time.perf_counter() - t0:.0f} s (cached steps excluded).")
@@ -134,14 +144,19 @@ def main() -> None:
 
     if "oneshot" in steps:
         if "error" not in o:
-            orows = [[f"{100 * r['sparsity']:.0f}%", f"{100 * r['magnitude']:.2f}", f"{100 * r['obs']:.2f}",
+            orows = [[f"{100 * r['sparsity']:.0f}%", f"{100 * r['magnitude']:.2f}",
+                      f"{100 * r['obs_layer']:.2f}" if "obs_layer" in r else "–", f"{100 * r['obs']:.2f}",
                       f"{100 * (r['obs'] - r['magnitude']):+.2f}"] for r in o["points"]]
             save(f"pruning_{name}_oneshot", f"One-shot unstructured pruning, magnitude vs OBS: {arch} on "
                  f"{data.name.split('/')[-1]} (no fine-tuning)",
-                 ["sparsity", "magnitude top-1 %", "OBS top-1 %", "OBS - magnitude (points)"], orows,
+                 ["sparsity", "magnitude top-1 %", "OBS, layer target (SparseGPT) top-1 %",
+                  "OBS, dense target (default) top-1 %", "OBS - magnitude (points)"], orows,
                  notes=(f"Unpruned {100 * base['acc']:.2f} %. Same layers (first and last protected), local "
                         f"(per-layer) sparsity; OBS: layer-wise Optimal Brain Surgeon with {o['calibration']} "
-                        "calibration images, layers pruned in order on the already-pruned model's activations."),
+                        "calibration images, layers pruned in order on the already-pruned model's activations; "
+                        "layer target: each layer fits its own output on those activations (SparseGPT); dense "
+                        "target: each layer fits the unpruned model's output (obs_target, docs/pruning.md). "
+                        "Batch norms re-estimated on the calibration images for every column."),
                  extra={"cell": o})
     if "curve" in steps:
         c = cells.get("curve", bench.curve)
@@ -219,6 +234,34 @@ class Bench:
                 ratio("litert_ms"), ratio("litert_int8_ms"), sizes]
 
     # -- steps -------------------------------------------------------------------------
+    STEMS = {"base": "unpruned", "structured": "structured", "unstructured": "unstructured"}
+    FILES = {"onnx_ms": "{}.onnx", "int8_ms": "{}_int8.onnx", "litert_ms": "{}.tflite",
+             "litert_int8_ms": "{}_int8_litert.tflite"}
+
+    @property
+    def rounds(self) -> int:
+        return max(5, self.args.runs // 20)
+
+    def retime(self, cells: dict[str, dict]) -> None:
+        """Re-time every artifact of a runtime in alternation, in this invocation.
+
+        Steps are cached and may have run an hour apart on a machine whose speed drifts; the
+        ratios in the table come from this one interleaved measurement (bench/_common.py).
+        """
+        from edgeopt.models import load_checkpoint
+
+        ok = {k: d for k, d in cells.items() if "error" not in d}
+        eager = {k: load_checkpoint(self.args.checkpoint if k == "base" else self.out / f"{self.STEMS[k]}.safetensors")[0].eval()
+                 for k in ok}
+        for key, pattern in [("eager_ms", None), *self.FILES.items()]:
+            targets = {k: eager[k] if pattern is None else self.out / pattern.format(self.STEMS[k]) for k in ok}
+            targets = {k: t for k, t in targets.items() if not isinstance(t, Path) or t.is_file()}
+            if targets:
+                for k, v in interleaved_medians(targets, self.data.spec, rounds=self.rounds).items():
+                    ok[k][key] = v
+                print(f"[bench] timed {key}: " + ", ".join(f"{k} {ok[k][key]:.3f}" for k in targets),
+                      file=sys.stderr, flush=True)
+
     def base(self) -> dict:
         return self.measure(self.model, "unpruned")
 
@@ -239,7 +282,8 @@ class Bench:
         from edgeopt.prune import PruneConfig
 
         a = self.args
-        cfg = PruneConfig(method="structured", target="macs", ratio=a.macs, importance=a.importance,
+        extra = {} if a.round_to is None else {"round_to": a.round_to}
+        cfg = PruneConfig(method="structured", target="macs", ratio=a.macs, importance=a.importance, scope=a.scope, **extra,
                           finetune_epochs=a.recover_epochs, finetune_lr=a.recover_lr,
                           finetune_max_steps_per_epoch=a.max_steps)
         model, summary = self._pruned("structured", cfg)
@@ -271,10 +315,11 @@ class Bench:
         points = []
         for s in (0.5, 0.7, 0.9):
             p = {"sparsity": s}
-            for method in ("unstructured", "obs"):
-                res = prune(self.model, PruneConfig(method=method, ratio=s, calibration_samples=256), self.data,
-                            progress=True)
-                p["magnitude" if method == "unstructured" else "obs"] = self.acc(res.model)
+            for key, method, extra in (("magnitude", "unstructured", {}), ("obs", "obs", {}),
+                                       ("obs_layer", "obs", {"obs_target": "layer"})):
+                res = prune(self.model, PruneConfig(method=method, ratio=s, calibration_samples=256, **extra),
+                            self.data, progress=True)
+                p[key] = self.acc(res.model)
             points.append(p)
             print(f"[bench] oneshot {p}", file=sys.stderr, flush=True)
         return {"points": points, "calibration": 256}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median_ms, save  # noqa: E402
+from _common import interleaved_medians, save  # noqa: E402
 
 
 def main() -> None:
@@ -49,29 +49,35 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     x = data.samples(256)[0]
 
-    def ms(target) -> float:
-        return median_ms(target, data.spec, args.runs, warmup=30)
-
-    def variant(m, stem: str) -> tuple[float, float]:
+    def variant(m, stem: str) -> tuple:
         onnx = export_model(m, "onnx", out / f"{stem}.onnx", samples=x).artifact
         q = quantize(m, QuantConfig(verify_samples=64, accuracy_check=False), data, out / f"{stem}_int8",
                      progress=False).artifact
-        return ms(onnx), ms(q)
+        return onnx, q
 
     t0 = time.perf_counter()
-    base_fp32, base_int8 = variant(model, "unpruned")
-    rows = [["unpruned", "–", "1.00", f"{base_fp32:.3f}", "1.00x", f"{base_int8:.3f}", "1.00x"]]
+    arts = {"unpruned": variant(model, "unpruned")}
+    kept = {"unpruned": 1.0}
     for r in [int(v) for v in args.round_to.split(",")]:
         res = prune(model, PruneConfig(method="structured", target="macs", ratio=args.macs, round_to=r,
                                        recalibrate_bn=False))
-        fp32, int8 = variant(res.model, f"round_to_{r}")
-        rows.append([f"structured -{100 * args.macs:.0f}% MACs", str(r), f"{res.macs_after / res.macs_before:.3f}",
-                     f"{fp32:.3f}", f"{base_fp32 / fp32:.2f}x", f"{int8:.3f}", f"{base_int8 / int8:.2f}x"])
-        print(rows[-1], flush=True)
+        arts[str(r)] = variant(res.model, f"round_to_{r}")
+        kept[str(r)] = res.macs_after / res.macs_before
+    # All artifacts of one precision are timed in alternation (bench/_common.py), so the
+    # ratios hold on a shared machine whose speed drifts from minute to minute.
+    rounds = max(5, args.runs // 20)
+    fp32 = interleaved_medians({k: a[0] for k, a in arts.items()}, data.spec, rounds=rounds)
+    int8 = interleaved_medians({k: a[1] for k, a in arts.items()}, data.spec, rounds=rounds)
+    rows = []
+    for k in arts:
+        rows.append(["unpruned" if k == "unpruned" else f"structured -{100 * args.macs:.0f}% MACs",
+                     "–" if k == "unpruned" else k, f"{kept[k]:.3f}",
+                     f"{fp32[k]:.3f}", f"{fp32['unpruned'] / fp32[k]:.2f}x", f"{int8[k]:.3f}",
+                     f"{int8['unpruned'] / int8[k]:.2f}x"])
     save(f"pruning_round_to_{arch}", f"Structured pruning: channel rounding vs ONNX Runtime latency ({arch})",
          ["variant", "round_to", "MACs kept", "fp32 p50 ms", "fp32 speed-up", "int8 p50 ms", "int8 speed-up"], rows,
-         notes=(f"Checkpoint {args.checkpoint}; batch 1, 1 thread, median of {args.runs} runs after 30 warm-up runs, "
-                "all in this run; int8: ONNX Runtime static per-channel QDQ. No fine-tuning (latency depends on "
+         notes=(f"Checkpoint {args.checkpoint}; batch 1, 1 thread; all artifacts of a precision timed in "
+                f"alternation, {rounds} rounds of 20 runs, median of the round medians; int8: ONNX Runtime static per-channel QDQ. No fine-tuning (latency depends on "
                 f"shapes only). Wall time {time.perf_counter() - t0:.0f} s."))
     for row in rows:
         print(row)

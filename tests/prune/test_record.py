@@ -103,7 +103,7 @@ def test_replaced_modules_cannot_be_recorded():
 def test_checkpoint_carries_the_record_and_old_checkpoints_still_load(tmp_path):
     spec = ModelSpec((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)
     model = create_model("resnet20", spec).eval()
-    r = prune(model, PruneConfig(method="structured", ratio=0.5))
+    r = prune(model, PruneConfig(method="structured", ratio=0.5, round_to=8))
     path = save_checkpoint(tmp_path / "pruned", r.model)
     side = read_sidecar(path)
     assert side["format_version"] == FORMAT_VERSION == 1

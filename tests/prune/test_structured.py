@@ -6,7 +6,9 @@ interpreter start for all models) and exported to ONNX with the parity check. Fu
 tests make half of the channels dead (batch-norm gamma = beta = 0 on every channel
 ``k % 8 < 4``) so that removing them must leave the logits unchanged: a wrong channel
 mapping through a residual add, a depthwise or grouped conv, a concatenation, a squeeze-
-excitation or a channel shuffle would change them.
+excitation or a channel shuffle would change them. The function tests below set
+``round_to=8`` (their models have 16-32 channel layers that the default 16 leaves whole);
+the default itself is tested on MobileNetV2.
 """
 
 from __future__ import annotations
@@ -157,14 +159,14 @@ def test_removing_dead_channels_keeps_the_logits(name, scope):
 
 
 def test_grouped_convs_keep_round_to_multiples():
-    r = prune(create_model("tv:regnet_y_400mf", SPEC64), PruneConfig(method="structured", ratio=0.3))
+    r = prune(create_model("tv:regnet_y_400mf", SPEC64), PruneConfig(method="structured", round_to=8, ratio=0.3))
     conv = r.model.trunk_output.block1[0].f.b[0]  # 6 groups of 8 -> 6 groups of 4
     assert (conv.out_channels, conv.groups, conv.weight.shape[1]) == (24, 6, 4)
     assert r.model(SPEC64.example_input(1)).shape == (1, 10)
 
 
 def test_shufflenet_channel_shuffle_is_frozen_with_a_warning():
-    r = prune(create_model("tv:shufflenet_v2_x1_0", SPEC64), PruneConfig(method="structured", ratio=0.3))
+    r = prune(create_model("tv:shufflenet_v2_x1_0", SPEC64), PruneConfig(method="structured", round_to=8, ratio=0.3))
     assert "stage2.0" in r.info["frozen"] and "transpose" in r.info["frozen"]["stage2.0"]
     assert any("cannot follow" in w and "16 block(s)" in w for w in r.warnings)
     b = r.model.stage2[1].branch2  # inside a branch: pruned; around the shuffle: kept
@@ -176,7 +178,7 @@ def test_shufflenet_channel_shuffle_is_frozen_with_a_warning():
     ("resnet20", "params", "global"),
 ])
 def test_mac_and_param_targets_within_a_point(name, target, scope):
-    r = prune(create_model(name, SPEC32), PruneConfig(method="structured", ratio=0.5, target=target, scope=scope))
+    r = prune(create_model(name, SPEC32), PruneConfig(method="structured", round_to=8, ratio=0.5, target=target, scope=scope))
     if target == "macs":
         removed = 1 - r.macs_after / r.macs_before
     else:
@@ -187,14 +189,14 @@ def test_mac_and_param_targets_within_a_point(name, target, scope):
 
 
 def test_unprotected_first_and_last_layers_keep_the_output_classes():
-    r = prune(create_model("resnet20", SPEC32), PruneConfig(method="structured", ratio=0.5,
+    r = prune(create_model("resnet20", SPEC32), PruneConfig(method="structured", round_to=8, ratio=0.5,
                                                             protect_first_last=False))
     assert (r.model.conv1.out_channels, r.model.fc.in_features, r.model.fc.out_features) == (8, 32, 10)
     assert r.model(SPEC32.example_input(2)).shape == (2, 10)
 
 
 def test_global_scope_never_takes_more_than_max_layer_ratio():
-    r = prune(create_model("resnet20", SPEC32), PruneConfig(method="structured", ratio=0.8, scope="global",
+    r = prune(create_model("resnet20", SPEC32), PruneConfig(method="structured", round_to=8, ratio=0.8, scope="global",
                                                             max_layer_ratio=0.5))
     rows = [x for x in r.layers if x["protected"] is None]
     assert min(x["channels_after"] / x["channels_before"] for x in rows) == 0.5
@@ -202,7 +204,7 @@ def test_global_scope_never_takes_more_than_max_layer_ratio():
 
 
 def test_unreachable_target_warns():
-    r = prune(create_model("resnet20", SPEC32), PruneConfig(method="structured", ratio=0.5, target="macs"))
+    r = prune(create_model("resnet20", SPEC32), PruneConfig(method="structured", round_to=8, ratio=0.5, target="macs"))
     removed = 1 - r.macs_after / r.macs_before
     assert 0.4 < removed < 0.5  # 16/32/64 channels in steps of 8: 44.8 % is the nearest
     assert any("reached 44.8% removed of 50.0% wanted" in w for w in r.warnings)
@@ -210,13 +212,13 @@ def test_unreachable_target_warns():
 
 def test_layer_ratios_max_ratio_and_exclude():
     m = create_model("resnet20", SPEC32)
-    cfg = PruneConfig(method="structured", ratio=0.0, layer_ratios={"layer1.0.conv1": 0.5,
+    cfg = PruneConfig(method="structured", round_to=8, ratio=0.0, layer_ratios={"layer1.0.conv1": 0.5,
                       "layer2.0.conv1": 0.95}, max_layer_ratio=0.75)
     ch = prune(m, cfg).info["channels"]
     assert ch["layer1.0.conv1"] == [16, 8] and ch["layer2.0.conv1"] == [32, 8]  # capped at 75 %
     assert ch["layer3.0.conv1"] == [64, 64]
     # an excluded block is left whole, its input channels too
-    r = prune(m, PruneConfig(method="structured", ratio=0.5, exclude=("layer2",)))
+    r = prune(m, PruneConfig(method="structured", round_to=8, ratio=0.5, exclude=("layer2",)))
     assert all(m2.weight.shape == m.get_submodule(n).weight.shape
                for n, m2 in r.model.named_modules() if n.startswith("layer2.") and hasattr(m2, "weight"))
     assert r.info["opaque_blocks"] == ["layer2"] and r.info["channels"]["layer1.0.conv1"] == [16, 8]
@@ -244,12 +246,12 @@ def _manual_ranking(model, data, n, squared):
 def test_gradient_importances_on_digits(digits_data, importance):
     torch.manual_seed(0)
     model = create_model("simple_cnn", digits_data.spec).eval()
-    cfg = PruneConfig(method="structured", ratio=0.5, importance=importance, calibration_samples=96)
+    cfg = PruneConfig(method="structured", round_to=8, ratio=0.5, importance=importance, calibration_samples=96)
     r = prune(model, cfg, digits_data)
     kept = r.model.edgeopt_prune_record["kept"]["features.3.0"]
     assert len(kept) == 64 and r.info["importance"] == importance
     assert kept == _manual_ranking(model, digits_data, 96, squared=importance == "obd")
-    l1 = prune(model, PruneConfig(method="structured", ratio=0.5)).model.edgeopt_prune_record
+    l1 = prune(model, PruneConfig(method="structured", round_to=8, ratio=0.5)).model.edgeopt_prune_record
     assert kept != l1["kept"]["features.3.0"]  # the gradients changed the ranking
     assert all(p.grad is None for p in r.model.parameters())
     with pytest.raises(ConfigError, match=f"importance '{importance}' needs labelled training images"):
@@ -288,10 +290,10 @@ def _net(block: nn.Module) -> nn.Module:
 def test_a_graph_it_cannot_follow_names_the_exclude_pattern():
     net = _net(_Scaled())
     with pytest.raises(UnsupportedModelError) as err:
-        prune(net, PruneConfig(method="structured", ratio=0.5))
+        prune(net, PruneConfig(method="structured", round_to=8, ratio=0.5))
     msg = str(err.value)
     assert "\n" not in msg and "layer 'block'" in msg and msg.endswith("--exclude block (PruneConfig.exclude)")
-    r = prune(net, PruneConfig(method="structured", ratio=0.5, exclude=("block",)))
+    r = prune(net, PruneConfig(method="structured", round_to=8, ratio=0.5, exclude=("block",)))
     assert r.model.block.conv.out_channels == 16 and r.info["channels"]["conv"] == [16, 8]
 
 
@@ -305,8 +307,8 @@ def test_a_torch_pruning_exception_names_the_block(monkeypatch):
     monkeypatch.setattr(im, "update_concat_index_mapping", fail)
     net = _net(_Cat())
     with pytest.raises(UnsupportedModelError, match=r"layer 'block' \(cat: integer division .*--exclude block "):
-        prune(net, PruneConfig(method="structured", ratio=0.5))
-    r = prune(net, PruneConfig(method="structured", ratio=0.5, exclude=("block",)))
+        prune(net, PruneConfig(method="structured", round_to=8, ratio=0.5))
+    r = prune(net, PruneConfig(method="structured", round_to=8, ratio=0.5, exclude=("block",)))
     assert r.model.block.a.out_channels == 8 and r.info["channels"]["conv"] == [16, 8]
 
 
@@ -334,10 +336,10 @@ def test_a_failing_op_outside_blocks_names_the_layer_feeding_it(monkeypatch):
     monkeypatch.setattr(im, "update_concat_index_mapping", fail)
     net = attach_spec(_RootCat().eval(), ModelSpec((3, 8, 8), 10, (0.5,) * 3, (0.25,) * 3))
     with pytest.raises(UnsupportedModelError, match=r"layer '([ab])' \(cat: .*--exclude ([ab]) ") as err:
-        prune(net, PruneConfig(method="structured", ratio=0.5))
+        prune(net, PruneConfig(method="structured", round_to=8, ratio=0.5))
     layer = str(err.value).split("'")[1]
     # excluding it freezes the op after it: the graph is built, the rest is pruned
-    r = prune(net, PruneConfig(method="structured", ratio=0.5, exclude=(layer,)))
+    r = prune(net, PruneConfig(method="structured", round_to=8, ratio=0.5, exclude=(layer,)))
     assert r.info["channels"]["conv"] == [16, 8] and r.model.a.out_channels == 8
     assert r.info["frozen"] == {"model": ["cat"]}
 
@@ -345,7 +347,7 @@ def test_a_failing_op_outside_blocks_names_the_layer_feeding_it(monkeypatch):
 def test_finetuned_pruned_model_keeps_its_record(digits_data, tmp_path):
     from edgeopt.train import TrainConfig, Trainer
 
-    r = prune(create_model("simple_cnn", digits_data.spec), PruneConfig(method="structured", ratio=0.5))
+    r = prune(create_model("simple_cnn", digits_data.spec), PruneConfig(method="structured", round_to=8, ratio=0.5))
     Trainer(TrainConfig(epochs=1, max_steps_per_epoch=2, batch_size=32, progress=False,
                         out_dir=str(tmp_path))).fit(r.model, digits_data)
     m, side = load_checkpoint(tmp_path / "last")
@@ -356,3 +358,12 @@ def test_finetuned_pruned_model_keeps_its_record(digits_data, tmp_path):
         assert torch.allclose(m(x), r.model.eval()(x), atol=1e-6)
     again = save_checkpoint(tmp_path / "again", m)  # saving the reloaded model keeps it
     assert json.loads(Path(str(again).replace(".safetensors", ".json")).read_text())["pruning"] == side["pruning"]
+
+
+def test_default_round_to_is_16_and_mobilenetv2_keeps_multiples_of_16():
+    assert PruneConfig().round_to == 16
+    r = prune(create_model("mobilenetv2", SPEC32), PruneConfig(method="structured", ratio=0.5))
+    convs = {n: m.out_channels for n, m in r.model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(c % 16 == 0 for c in convs.values()), convs
+    # the expansion layers lost channels: 96 -> 48 in the first expanding block (l1, uniform)
+    assert convs["features.2.conv.0.0"] == 48 and sum(convs.values()) < 0.6 * 17056

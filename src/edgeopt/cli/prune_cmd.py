@@ -48,7 +48,7 @@ def prune(
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Layer name or pattern never pruned (repeatable).")] = None,
     table: Annotated[Optional[Path], typer.Option("--table", help="Per-layer sparsity table (CSV layer,sparsity or layer,kept; or YAML); e.g. from `edgeopt scan --prune`.")] = None,
     protect_first_last: Annotated[Optional[bool], typer.Option("--protect-first-last/--prune-first-last", help="Leave the first layer and the classifier unpruned (default).")] = None,
-    round_to: Annotated[Optional[int], typer.Option(help="structured: keep channel counts multiples of this (default 8: fast kernels).")] = None,
+    round_to: Annotated[Optional[int], typer.Option(help="structured: keep channel counts multiples of this (default 16: fast ONNX Runtime kernels).")] = None,
     calibration_samples: Annotated[Optional[int], typer.Option(help="Training images for taylor/obd importance and OBS (default 256).")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="oneshot (default), iterative (--steps prune/fine-tune cycles) or gradual (Zhu & Gupta, unstructured).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Cycles of --schedule iterative, pruning steps of gradual.")] = None,

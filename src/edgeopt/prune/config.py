@@ -13,6 +13,7 @@ from edgeopt.errors import ConfigError
 METHODS = ("unstructured", "structured", "obs")
 #: ``local``: the same ratio in every chosen layer; ``global``: one threshold across them.
 SCOPES = ("local", "global")
+OBS_TARGETS = ("dense", "layer")
 #: Importance scores of structured pruning (edgeopt.prune.importance.IMPORTANCES).
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "obd", "lamp", "fpgm")
 #: What ``ratio`` is a fraction of: channels/weights removed, or MACs / parameters removed.
@@ -49,8 +50,9 @@ class PruneConfig(Config):
             rest ``ratio`` (or nothing when ``ratio`` is 0).
         protect_first_last: leave the first layer (it sees the raw image) and the last
             (the classifier) unpruned.
-        round_to: structured only: keep channel counts multiples of this (int8 and fp32
-            kernels of ONNX Runtime and XNNPACK are fastest on multiples of 8); None: exact.
+        round_to: structured only: keep channel counts multiples of this; None: exact.
+            16 by default: ONNX Runtime's fp32 (NCHWc, AVX-512) and int8 kernels are fastest
+            on multiples of 16; measured by ``bench/pruning_round_to.py`` (docs/pruning.md).
         max_layer_ratio: structured only: no layer loses more than this fraction of its
             channels (a global ranking may otherwise empty a layer).
         calibration_samples: training images for ``taylor``/``obd`` importance, OBS and
@@ -62,6 +64,10 @@ class PruneConfig(Config):
             0.1, not SparseGPT's 0.01: a CNN's last layers see few input vectors (2x2 maps
             x 256 images for up to 960 channels), and the weaker dampening over-fits them
             (one-shot MobileNetV2-CIFAR at 70 % was about 4 points better at 0.1).
+        obs_target: OBS: what each layer's pruned weights reproduce: ``dense`` (default) the
+            unpruned model's layer output, from the inputs the already pruned layers give it,
+            so each layer also corrects the error of those before it; ``layer`` the
+            layer's own output on those inputs (SparseGPT's target, which lets errors add up).
         obs_block_size: OBS: columns whose mask is chosen and compensated together
             (SparseGPT's block); larger is faster, and the mask depends on it a little
             (it is chosen per block).
@@ -97,12 +103,13 @@ class PruneConfig(Config):
     exclude: tuple[str, ...] = ()
     layer_ratios: dict[str, float] | None = None
     protect_first_last: bool = True
-    round_to: int | None = 8
+    round_to: int | None = 16
     max_layer_ratio: float = 0.9
     calibration_samples: int = 256
     recalibrate_bn: bool = True
     obs_damp: float = 0.1
     obs_block_size: int = 128
+    obs_target: str = "dense"
     schedule: str = "oneshot"
     steps: int = 1
     finetune_epochs: int = 0
@@ -119,6 +126,7 @@ class PruneConfig(Config):
         self._check_choice("importance", IMPORTANCES)
         self._check_choice("target", TARGETS)
         self._check_choice("schedule", SCHEDULES)
+        self._check_choice("obs_target", OBS_TARGETS)
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(
                 f"PruneConfig.ratio={self.ratio!r} must be in [0, 1): the fraction removed "

@@ -19,6 +19,7 @@ magnitude pruning at the same sparsity, on the same inputs.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -148,6 +149,93 @@ def layer_hessian(model: nn.Module, name: str, images: torch.Tensor, batch_size:
     if state["H"] is None:
         raise ConfigError(f"OBS: layer {name!r} never ran in the model's forward pass; exclude it")
     return 2.0 * state["H"] / max(1, state["n"])
+
+
+@torch.no_grad()
+def paired_statistics(dense: nn.Module, model: nn.Module, name: str, images: torch.Tensor,
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(H0, C, H1)`` of layer ``name``: ``2 X0 X0^T``, ``2 X0 X1^T``, ``2 X1 X1^T`` (all
+    ``/ samples``, ``[groups, c, c]`` float64), where ``X0`` are the layer's inputs in the
+    unpruned ``dense`` model and ``X1`` those in the partly pruned ``model``, on the same
+    images (so the samples pair up).
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(3, 2))
+        >>> H0, C, H1 = paired_statistics(m, m, "0", torch.eye(3))
+        >>> torch.equal(H0, C) and torch.equal(C, H1)
+        True
+    """
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(key: str):
+        def hook(mod: nn.Module, args: tuple) -> None:
+            got[key] = args[0].detach()
+            raise _Stop
+        return hook
+
+    mods = (dense.get_submodule(name), model.get_submodule(name))
+    handles = [m.register_forward_pre_hook(grab(k)) for m, k in zip(mods, ("x0", "x1"))]
+    sums: list[torch.Tensor | None] = [None, None, None]
+    count = 0
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            for net in (dense, model):
+                try:
+                    net(images[i:i + batch_size])
+                except _Stop:
+                    pass
+            if "x0" not in got or "x1" not in got:
+                raise ConfigError(f"OBS: layer {name!r} never ran in the model's forward pass; exclude it")
+            x0, x1 = got.pop("x0"), got.pop("x1")
+            step = max(1, _CHUNK_ELEMENTS // max(1, layer_columns(mods[1], x1[:1]).numel()))
+            for j in range(0, x1.shape[0], step):
+                X0 = _f64(layer_columns(mods[0], x0[j:j + step]))
+                X1 = _f64(layer_columns(mods[1], x1[j:j + step]))
+                if not (bool(torch.isfinite(X0).all()) and bool(torch.isfinite(X1).all())):
+                    raise NumericalError("OBS: NaN or Inf reached the inputs of a layer being pruned")
+                for n, part in enumerate((X0 @ X0.transpose(1, 2), X0 @ X1.transpose(1, 2), X1 @ X1.transpose(1, 2))):
+                    sums[n] = part if sums[n] is None else sums[n] + part
+                count += X1.shape[2]
+    finally:
+        for h in handles:
+            h.remove()
+    H0, C, H1 = (2.0 * t / max(1, count) for t in sums)  # type: ignore[operator]
+    return H0, C, H1
+
+
+def dense_target(W0: torch.Tensor, C: torch.Tensor, H1: torch.Tensor, damp: float) -> torch.Tensor:
+    """The weights that best reproduce the unpruned model's layer output on the pruned
+    model's inputs: ``argmin_W ||W0 X0 - W X1||^2 + lam ||W - W0||^2`` =
+    ``W0 + W0 (C - H1) (H1 + lam I)^-1``, with ``lam = damp * mean(diag(H1))`` (a ridge
+    towards ``W0``, so equal inputs give back ``W0`` exactly).
+
+    Example:
+        >>> H = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+        >>> W0 = torch.tensor([[[1.0, 2.0]]], dtype=torch.float64)
+        >>> torch.equal(dense_target(W0, H, H, 0.1), W0)
+        True
+    """
+    diag = torch.diagonal(H1, dim1=-2, dim2=-1)
+    lam = float(damp) * diag.mean(dim=-1, keepdim=True).clamp_min(1e-12)
+    eye = torch.eye(H1.shape[-1], dtype=H1.dtype, device=H1.device)
+    A = H1 + lam.unsqueeze(-1) * eye  # symmetric positive definite
+    # W0 (C - H1) A^-1  ==  (A^-1 (C - H1)^T W0^T)^T
+    delta = torch.linalg.solve(A, (C - H1).transpose(1, 2) @ W0.transpose(1, 2)).transpose(1, 2)
+    return W0 + delta
+
+
+def dense_error(W0: torch.Tensor, W: torch.Tensor, H0: torch.Tensor, C: torch.Tensor, H1: torch.Tensor) -> float:
+    """``||W0 X0 - W X1||^2 / ||W0 X0||^2`` from the paired statistics (grouped, float64).
+
+    Example:
+        >>> H = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+        >>> dense_error(torch.tensor([[[3.0, 4.0]]]), torch.tensor([[[3.0, 0.0]]]), H, H, H)
+        0.64
+    """
+    W0, W = W0.to(H0.dtype), W.to(H0.dtype)
+    den = float(torch.einsum("grc,gcd,grd->", W0, H0, W0))
+    num = den - 2 * float(torch.einsum("grc,gcd,grd->", W0, C, W)) + float(torch.einsum("grc,gcd,grd->", W, H1, W))
+    return max(num, 0.0) / den if den > 0 else (0.0 if num == 0 else math.inf)
 
 
 def _upper_inverse_factor(H: torch.Tensor, damp: float, name: str) -> tuple[torch.Tensor, float]:
@@ -308,6 +396,10 @@ def METHOD(model: nn.Module, config: Any, layers: list[str], ratios: dict[str, f
     per_layer: dict[str, dict[str, Any]] = {}
     chosen = set(layers)
     order = [n for n, _ in model.named_modules() if n in chosen]
+    # "dense": each layer reproduces the unpruned model's output (correcting the error the
+    # layers before it left); "layer": SparseGPT's own target, the layer's output on the
+    # already pruned inputs. The dense copy costs one model of memory and a second forward.
+    dense = copy.deepcopy(model).eval() if getattr(config, "obs_target", "layer") == "dense" else None
     step, stop = _progress(progress, len(order))
     try:
         for i, name in enumerate(order):
@@ -317,14 +409,21 @@ def METHOD(model: nn.Module, config: Any, layers: list[str], ratios: dict[str, f
                 # taken on the activations the deployed model will see once its batch norms are
                 # re-estimated (edgeopt.prune.bn_recalibration), not on stale statistics
                 recalibrate_batchnorm_(model, images)
-            H = layer_hessian(model, name, images)
             W0 = grouped_weight(module)
             k = removal_count(module.weight.numel(), ratios.get(name, 0.0))
-            W = W0.clone()
-            removed, info = sparsegpt_(W, H, k, config.obs_block_size, config.obs_damp, name)
             magnitude = W0.masked_fill(smallest_k([W0.abs()], k)[0], 0.0)
-            info["obs_error"] = round(output_error(W0, W, H), 8)
-            info["magnitude_error"] = round(output_error(W0, magnitude, H), 8)
+            if dense is None:
+                H = layer_hessian(model, name, images)
+                W = W0.clone()
+                removed, info = sparsegpt_(W, H, k, config.obs_block_size, config.obs_damp, name)
+                info["obs_error"] = round(output_error(W0, W, H), 8)
+                info["magnitude_error"] = round(output_error(W0, magnitude, H), 8)
+            else:
+                H0, C, H = paired_statistics(dense, model, name, images)
+                W = dense_target(W0, C, H, config.obs_damp)
+                removed, info = sparsegpt_(W, H, k, config.obs_block_size, config.obs_damp, name)
+                info["obs_error"] = round(dense_error(W0, W, H0, C, H), 8)
+                info["magnitude_error"] = round(dense_error(W0, magnitude, H0, C, H), 8)
             per_layer[name] = info
             module.weight.copy_(W.reshape(module.weight.shape).to(module.weight.dtype))
             masks[name] = ~removed.reshape(module.weight.shape)
