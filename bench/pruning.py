@@ -88,9 +88,16 @@ def main() -> None:
     ap.add_argument("--recover-epochs-unstructured", type=int, default=None,
                     help="fine-tuning epochs after unstructured pruning (default: --recover-epochs)")
     ap.add_argument("--recover-lr", type=float, default=0.01)
+    ap.add_argument("--unstructured-method", default="unstructured", choices=("unstructured", "obs"),
+                    help="how the unstructured variant is pruned before its recovery (magnitude or OBS)")
+    ap.add_argument("--structured-more-epochs", type=int, default=0,
+                    help="a second recovery cycle of N epochs (cosine restarted at --recover-lr) on the "
+                         "recovered structured model, measured as its own row")
     ap.add_argument("--max-steps", type=int, default=None, help="cap fine-tuning steps per epoch (quick runs)")
     ap.add_argument("--curve", default="0.3,0.5,0.7,0.8,0.9", help="sparsities of the iterative curve")
     ap.add_argument("--curve-epochs", type=int, default=1, help="fine-tuning epochs per curve step")
+    ap.add_argument("--curve-max-steps", type=int, default=None,
+                    help="cap fine-tuning steps per epoch of each curve step (default: --max-steps)")
     ap.add_argument("--litert", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure LiteRT (.tflite fp32 and int8)")
     ap.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per artifact")
@@ -120,6 +127,8 @@ def main() -> None:
     for step in ("structured", "unstructured"):
         if step in steps:
             timed[step] = cells.get(step, getattr(bench, step))
+    if "structured" in steps and args.structured_more_epochs:
+        timed["structured_more"] = cells.get("structured_more", bench.structured_more)
     bench.retime(timed)
     rows = [bench.row("unpruned", base, base)]
     if "structured" in steps:
@@ -127,9 +136,14 @@ def main() -> None:
         rt = args.round_to or PruneConfig().round_to
         rows.append(bench.row(f"structured -{100 * args.macs:.0f}% MACs ({args.importance}, {args.scope}, round_to {rt}), "
                               f"{args.recover_epochs} ep recovery", s, base))
+        if "structured_more" in timed:
+            rows.append(bench.row(f"the same, + {args.structured_more_epochs} ep (second cosine cycle): "
+                                  f"{args.recover_epochs + args.structured_more_epochs} ep recovery in all",
+                                  timed["structured_more"], base))
     if "unstructured" in steps:
         u = timed["unstructured"]
-        rows.append(bench.row(f"unstructured {100 * args.unstructured:.0f}%, "
+        rows.append(bench.row(f"unstructured {100 * args.unstructured:.0f}%"
+                              f"{' (OBS)' if args.unstructured_method == 'obs' else ' (magnitude)'}, "
                               f"{args.recover_epochs_unstructured} ep recovery", u, base))
     header = ["variant", "top-1 %", "drop", "MACs M", "params", "ORT fp32 ms", "vs unpruned ORT",
               "vs fp32 eager", "int8 top-1 %", "ORT int8 ms", "vs unpruned int8", "LiteRT fp32 vs unpruned",
@@ -165,7 +179,9 @@ def main() -> None:
                     for p in c["points"]]
             save(f"pruning_{name}_curve", f"Accuracy vs sparsity, iterative magnitude pruning: {arch} on "
                  f"{data.name.split('/')[-1]}", ["sparsity", "top-1 %", "drop (points)"], crow,
-                 notes=(f"Iterative prune -> fine-tune ({args.curve_epochs} epoch(s) per step, lr {args.recover_lr}) "
+                 notes=(f"Iterative prune -> fine-tune ({args.curve_epochs} epoch(s) per step"
+                        + (f" of at most {args.curve_max_steps or args.max_steps} steps" if (args.curve_max_steps or args.max_steps) else "")
+                        + f", lr {args.recover_lr}) "
                         f"through sparsities {args.curve}; each point is the cycle's checkpoint on the test split."),
                  extra={"cell": c})
     for r in rows:
@@ -234,7 +250,8 @@ class Bench:
                 ratio("litert_ms"), ratio("litert_int8_ms"), sizes]
 
     # -- steps -------------------------------------------------------------------------
-    STEMS = {"base": "unpruned", "structured": "structured", "unstructured": "unstructured"}
+    STEMS = {"base": "unpruned", "structured": "structured", "unstructured": "unstructured",
+             "structured_more": "structured_more"}
     FILES = {"onnx_ms": "{}.onnx", "int8_ms": "{}_int8.onnx", "litert_ms": "{}.tflite",
              "litert_int8_ms": "{}_int8_litert.tflite"}
 
@@ -292,12 +309,31 @@ class Bench:
                                                     "history", "warnings")}
         return d
 
+    def structured_more(self) -> dict:
+        """A second recovery cycle on the recovered structured model (its own checkpoint)."""
+        from edgeopt.models import load_checkpoint, save_checkpoint
+        from edgeopt.prune import PruneConfig
+        from edgeopt.prune._base import Pruned
+        from edgeopt.prune.schedule import finetune
+
+        a = self.args
+        path = self.out / "structured_more.safetensors"
+        if not path.is_file():
+            model = load_checkpoint(self.out / "structured.safetensors")[0]
+            cfg = PruneConfig(method="structured", finetune_epochs=a.structured_more_epochs,
+                              finetune_lr=a.recover_lr, finetune_max_steps_per_epoch=a.max_steps)
+            finetune(Pruned(model=model), cfg, self.data, progress=True)
+            save_checkpoint(path, model.eval())
+        model = load_checkpoint(path)[0]
+        return self.measure(model, "structured_more")
+
     def unstructured(self) -> dict:
         from edgeopt.prune import PruneConfig
         from edgeopt.prune.sparse_storage import save_sparse
 
         a = self.args
-        cfg = PruneConfig(method="unstructured", ratio=a.unstructured, finetune_epochs=a.recover_epochs_unstructured,
+        cfg = PruneConfig(method=a.unstructured_method, ratio=a.unstructured,
+                          finetune_epochs=a.recover_epochs_unstructured,
                           finetune_lr=a.recover_lr, finetune_max_steps_per_epoch=a.max_steps)
         model, summary = self._pruned("unstructured", cfg)
         d = self.measure(model, "unstructured")
@@ -339,8 +375,9 @@ class Bench:
             else:
                 from edgeopt.prune.jobs import save_pruned
 
+                steps = a.curve_max_steps or a.max_steps
                 res = prune(current, PruneConfig(method="unstructured", ratio=s, finetune_epochs=a.curve_epochs,
-                                                 finetune_lr=a.recover_lr, finetune_max_steps_per_epoch=a.max_steps),
+                                                 finetune_lr=a.recover_lr, finetune_max_steps_per_epoch=steps),
                             self.data, progress=True)
                 save_pruned(res, path)
                 current = res.model
