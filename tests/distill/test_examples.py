@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["edgeopt.distill", "edgeopt.distill._base", "edgeopt.distill._run", "edgeopt.distill.config",
            "edgeopt.distill.features", "edgeopt.distill.losses", "edgeopt.distill.methods",
-           "edgeopt.distill.sweep", "edgeopt.distill.teacher"]
+           "edgeopt.distill.sweep", "edgeopt.distill.teacher", "edgeopt.distill.presets",
+           "edgeopt.distill.jobs"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -22,6 +22,9 @@ GREY8 = ModelSpec((1, 8, 8), 10, (0.5,), (0.25,), dataset="digits")
 # Parameters at 10 classes, 3x32x32, and the brief's targets (target, relative tolerance).
 EXPECTED = {
     "simple_cnn": (250_000, 0.05),
+    "cnn_teacher": (1_382_730, 0.0),  # the mnist-cnn KD pair (1,381,578 / 24,058 at 1 channel)
+    "cnn_assistant": (94_762, 0.0),
+    "cnn_student": (24_346, 0.0),
     "mobilenetv2": (2_236_682, 0.0),  # torchvision's count: strides do not change it
     "mobilenetv2_teacher": (4_200_000, 0.05),
     "mobilenetv2_student": (1_800_000, 0.05),

@@ -357,7 +357,8 @@ def demo(
     json_out: JsonOpt = False,
 ) -> None:
     """The main job: train a baseline on digits, export to ONNX, quantize to int8, prune (structured, then
-    int8), measure every variant on its artifact, write the report."""
+    int8), distil a small student (beside the same student trained alone), measure every variant on its
+    artifact, write the report."""
     from edgeopt.config import load_mapping
     from edgeopt.pipeline import RunConfig, run
 
@@ -383,4 +384,4 @@ def demo(
 
 
 # The other commands live in their own modules, each registering on ``app`` when imported.
-from edgeopt.cli import import_cmd, listings, prune_cmd, quantize_cmds  # noqa: E402,F401  (registers commands)
+from edgeopt.cli import distill_cmd, import_cmd, listings, prune_cmd, quantize_cmds  # noqa: E402,F401  (registers commands)

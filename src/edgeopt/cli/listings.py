@@ -1,4 +1,4 @@
-"""``edgeopt models | datasets | runtimes | formats``: what is registered and installed here."""
+"""``edgeopt models | datasets | runtimes | formats | presets``: what is registered and installed here."""
 
 from __future__ import annotations
 
@@ -56,3 +56,21 @@ def _list_registry(registry, title: str, key: str, json_out: bool) -> None:
         emit_json(rows)
         return
     print_table(title, [key, "description"], [[r[key], r["description"]] for r in rows])
+
+
+@app.command()
+def presets(json_out: JsonOpt = False) -> None:
+    """List the distillation presets (`edgeopt distill --preset NAME`): pair, data, settings, sources."""
+    from edgeopt.distill.presets import PRESETS
+
+    rows = [PRESETS.get(n).to_dict() for n in PRESETS.names()]
+    if json_out:
+        emit_json(rows)
+        return
+    keys = ("temperature", "alpha", "epochs", "lr", "batch_size", "augment")
+    print_table("distillation presets (train the teacher first: edgeopt train --model TEACHER --data DATA)",
+                ["name", "teacher -> student", "data", "settings"],
+                [[r["name"], f"{r['teacher']} -> {r['student']}", r["data"],
+                  ", ".join(f"{k} {r['settings'][k]}" for k in keys if k in r["settings"])] for r in rows])
+    for r in rows:
+        print(f"{r['name']}: " + "; ".join(r["sources"]))

@@ -16,15 +16,21 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def epoch_line(rec: dict[str, Any], epochs: int) -> str:
-    """One summary line for a finished epoch's history record.
+    """One summary line for a finished epoch's history record; a loss with named parts
+    (``train_task_loss``, ``train_kd_loss``, ...) shows them after the total.
 
     Example:
         >>> epoch_line({"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.4,
         ...             "val_acc": 0.85, "lr": 0.1, "images_per_s": 1000.0, "seconds": 2.0}, 3)
         'epoch 1/3  loss 0.5000  acc 0.8000  val_loss 0.4000  val_acc 0.8500  lr 0.1  1000 img/s  2.0s'
+        >>> epoch_line({"epoch": 2, "train_loss": 1.5, "train_task_loss": 0.5, "train_kd_loss": 1.0}, 3)[:56]
+        'epoch 2/3  loss 1.5000 (task_loss 0.5000 kd_loss 1.0000)'
     """
+    parts = " ".join(f"{k[len('train_'):]} {_fmt(v, '.4f')}" for k, v in rec.items()
+                     if k.startswith("train_") and k.endswith("_loss") and k != "train_loss")
     return (
-        f"epoch {rec['epoch']}/{epochs}  loss {_fmt(rec.get('train_loss'), '.4f')}  "
+        f"epoch {rec['epoch']}/{epochs}  loss {_fmt(rec.get('train_loss'), '.4f')}"
+        + (f" ({parts})" if parts else "") + "  "
         f"acc {_fmt(rec.get('train_acc'), '.4f')}  val_loss {_fmt(rec.get('val_loss'), '.4f')}  "
         f"val_acc {_fmt(rec.get('val_acc'), '.4f')}  lr {_fmt(rec.get('lr'), '.3g')}  "
         f"{_fmt(rec.get('images_per_s'), '.0f')} img/s  {_fmt(rec.get('seconds'), '.1f')}s"
