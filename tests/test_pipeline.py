@@ -37,7 +37,8 @@ def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
 def test_demo_int8_variants_lose_at_most_1_point_and_agree_with_their_reference(demo_run):
     _, _, results = demo_run
     fp32 = next(v for v in results["variants"] if v["name"] == "fp32 torch")
-    int8 = {v["name"]: v for v in results["variants"] if v["precision"] == "int8" and not v["name"].startswith("pruned")}
+    int8 = {v["name"]: v for v in results["variants"]
+            if v["precision"] == "int8" and not v["name"].startswith(("pruned", "cnn_student"))}
     assert set(int8) == {"int8 onnxruntime", "int8 torch-x86"}
     for v in int8.values():
         assert v["accuracy"]["top1"] >= fp32["accuracy"]["top1"] - 0.01, (v["name"], v["accuracy"])
@@ -64,14 +65,52 @@ def test_demo_pruned_variants_are_smaller_and_within_2_5_points(demo_run):
     assert any("per-layer channels" in f["title"] for f in results["figures"])
 
 
+def test_demo_distilled_student_is_measured_beside_the_same_student_trained_alone(demo_run):
+    import math
+    import statistics
+
+    from edgeopt.distill import VERDICTS
+
+    out, _, results = demo_run
+    by_name = {v["name"]: v for v in results["variants"]}
+    fp32, fp32_onnx = by_name["fp32 torch"], by_name["fp32 onnx"]
+    student, alone = by_name["cnn_student distilled onnx"], by_name["cnn_student trained alone onnx"]
+    d, b = student["distillation"], alone["distillation"]
+    assert (d["role"], b["role"]) == ("student", "baseline")
+    assert (d["student"], d["teacher"], d["method"], d["epochs"], d["seeds"]) == (
+        "cnn_student", "simple_cnn", "response", 6, 3)
+    assert d["teacher_acc"] == fp32["accuracy"]["top1"]  # the teacher is the run's trained model
+    # about a tenth of the teacher's parameters in the ONNX files (25,866 vs 241,546: BN folded)
+    assert student["size"]["params"] == alone["size"]["params"] <= 0.11 * fp32_onnx["size"]["params"]
+    assert student["parity"]["passed"] and alone["parity"]["passed"]
+    # each row measures the ONNX file of the model distill() tested (the first seed's)
+    assert student["accuracy"]["top1"] == d["test_acc"] and alone["accuracy"]["top1"] == b["test_acc"]
+    assert min(d["student_mean"], d["baseline_mean"]) >= 0.95, d  # measured about 0.97 each
+    # gain and verdict follow distill.summarize: twice the combined spread of the 3 seeds
+    assert math.isclose(d["gain"], d["student_mean"] - d["baseline_mean"], abs_tol=1e-12)
+    assert math.isclose(d["threshold"], 2 * math.hypot(d["student_std"], d["baseline_std"]), abs_tol=1e-12)
+    assert d["verdict"] in VERDICTS and d["verdict"] == (
+        "gain" if d["gain"] > d["threshold"] else "loss" if d["gain"] < -d["threshold"] else "no measurable gain")
+    assert d["note"] is None  # the one-seed note is gone with 3 seeds
+    summary = json.loads((out / "artifacts" / "distill_cnn_student" / "distill.json").read_text())
+    accs = [r["student"]["test_acc"] for r in summary["runs"]]
+    assert len(accs) == 3 and math.isclose(statistics.fmean(accs), d["student_mean"], abs_tol=1e-12)
+    assert (out / "artifacts" / d["checkpoint"]).is_file() and (out / "artifacts" / b["checkpoint"]).is_file()
+    report = (out / "report.md").read_text()
+    assert "## Distillation" in report and f"verdict: {d['verdict']}." in report
+    assert f"gain {100 * d['gain']:+.2f} points (threshold {100 * d['threshold']:.2f})" in report
+    assert "<h2>Distillation</h2>" in (out / "report.html").read_text()
+
+
 def test_demo_writes_results_and_report(demo_run):
     out, _, results = demo_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema_version"] == results["schema_version"]
-    assert len(on_disk["variants"]) == 6 and on_disk["machine"]
+    assert len(on_disk["variants"]) == 8 and on_disk["machine"]
     report = (out / "report.md").read_text()
     assert "| fp32 torch |" in report and "| fp32 onnx |" in report and "| int8 onnxruntime |" in report
     assert "| pruned structured 50% onnx |" in report
+    assert "| cnn_student distilled onnx |" in report and "| cnn_student trained alone onnx |" in report
     # the int8 weight/activation histograms and the pruning figures (channel bars, weights
     # before/after) are embedded in the report
     assert "## Figures" in report and len(on_disk["figures"]) == 4
@@ -88,6 +127,15 @@ def test_rerun_reuses_the_finished_training_step(demo_run, capsys):
     assert "reusing finished training" in capsys.readouterr().err
     first = {v["runtime"]: v["accuracy"]["top1"] for v in results["variants"]}
     assert {v["runtime"]: v["accuracy"]["top1"] for v in again["variants"]} == first
+
+
+def test_distill_entries_are_checked_before_any_work_and_can_be_switched_off():
+    with pytest.raises(ConfigError, match="needs 'student'"):
+        RunConfig(distill=({"method": "response"},))
+    with pytest.raises(ConfigError, match="alpha"):
+        RunConfig(distill=({"student": "cnn_student", "alpha": 2.0},))
+    assert RunConfig(distill=()).distill == ()
+    assert RunConfig().distill[0]["student"] == "cnn_student"
 
 
 def test_unknown_format_is_a_config_error():

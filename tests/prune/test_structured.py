@@ -178,6 +178,7 @@ def test_shufflenet_channel_shuffle_is_frozen_with_a_warning():
     ("resnet20", "params", "global"),
 ])
 def test_mac_and_param_targets_within_a_point(name, target, scope):
+    torch.manual_seed(0)  # a global ranking of random weights: the landing point depends on them
     r = prune(create_model(name, SPEC32), PruneConfig(method="structured", round_to=8, ratio=0.5, target=target, scope=scope))
     if target == "macs":
         removed = 1 - r.macs_after / r.macs_before

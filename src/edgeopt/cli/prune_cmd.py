@@ -56,6 +56,9 @@ def prune(
     finetune_lr: Annotated[Optional[float], typer.Option(help="Fine-tuning peak learning rate (default 0.01).")] = None,
     finetune_max_steps: Annotated[Optional[int], typer.Option("--finetune-max-steps", help="Cap fine-tuning steps per epoch (quick runs).")] = None,
     max_drop: Annotated[Optional[float], typer.Option(help="iterative: stop when validation accuracy has dropped more than this many points.")] = None,
+    recover_with_teacher: Annotated[Optional[Path], typer.Option("--recover-with-teacher", help="Fine-tune with this checkpoint as KD teacher (response KD; e.g. the unpruned checkpoint itself; same ModelSpec); needs --finetune-epochs.")] = None,
+    kd_temperature: Annotated[Optional[float], typer.Option("--kd-temperature", help="--recover-with-teacher: KD softmax temperature (default 4).")] = None,
+    kd_alpha: Annotated[Optional[float], typer.Option("--kd-alpha", help="--recover-with-teacher: weight of the KD term in [0, 1]; the labels get the rest (default 0.9).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Pruned checkpoint to write (default: NAME_pruned_<method><percent>.safetensors beside it).")] = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
@@ -75,6 +78,10 @@ def prune(
     shapes and every other command loads it. Unstructured and OBS pruning zero weights:
     the dense file keeps its size, the sparse file (written beside it) does not.
 
+    With --recover-with-teacher CKPT the fine-tuning learns from CKPT's logits (response
+    KD, --kd-temperature, --kd-alpha) as well as the labels; CKPT is usually the unpruned
+    checkpoint itself.
+
     Example: edgeopt prune runs/demo/train/best.safetensors --method structured --ratio 0.5 --finetune-epochs 2
     """
     from edgeopt.prune.jobs import prune_checkpoint
@@ -86,13 +93,15 @@ def prune(
         protect_first_last=protect_first_last, round_to=round_to, calibration_samples=calibration_samples,
         schedule=schedule, steps=steps, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
         finetune_max_steps_per_epoch=finetune_max_steps, max_drop=max_drop,
+        finetune_kd_temperature=kd_temperature, finetune_kd_alpha=kd_alpha,
     )
     if dump:
         dump_config(cfg)
         return
     dcfg = _target_data(data, data_root)
     summary = prune_checkpoint(checkpoint, cfg, out, dcfg, evaluate=evaluate, sparse=sparse,
-                               threads=threads, progress=not json_out, resize=resize)
+                               threads=threads, progress=not json_out, resize=resize,
+                               teacher=recover_with_teacher)
     if json_out:
         emit_json(summary)
         return
@@ -117,6 +126,10 @@ def show_summary(summary: dict) -> None:
         macs = f"; MACs {p['macs_before']:,} -> {p['macs_after']:,} ({100 * (1 - p['macs_after'] / p['macs_before']):.1f}% removed)"
     print(f"parameters {p['params_before']:,} -> {p['params_after']:,}; non-zero {p['nonzero_before']:,} -> "
           f"{p['nonzero_after']:,}{macs}")
+    rec = (p.get("info") or {}).get("recovery")
+    if rec:
+        print(f"recovered with teacher {rec.get('teacher_checkpoint', rec.get('teacher'))} "
+              f"(response KD, T={rec['temperature']}, alpha={rec['alpha']})")
     print(f"wrote {summary['checkpoint']}")
     for name, s in (summary.get("sizes") or {}).items():
         print(f"  {name}: {s['bytes']:,} bytes ({s['gzip_bytes']:,} gzip'd)")

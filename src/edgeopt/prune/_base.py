@@ -164,7 +164,7 @@ def layer_table(before: nn.Module, after: nn.Module, ratios: dict[str, float],
 
 
 def prune(model: nn.Module, config: PruneConfig | None = None, data: Any = None, *,
-          progress: bool = False, out_dir: Any = None) -> PruneResult:
+          progress: bool = False, out_dir: Any = None, teacher: nn.Module | None = None) -> PruneResult:
     """Prune a copy of ``model`` as ``config`` says; the input model is not changed.
 
     Args:
@@ -175,13 +175,18 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: Any = None,
             the train/val splits for fine-tuning; None is allowed for methods that need none.
         progress: progress bars on long work.
         out_dir: iterative schedule: where the checkpoint of each cycle goes (None: none).
+        teacher: recover with a teacher: every fine-tuning (one-shot, each iterative cycle,
+            gradual) trains on response KD from a frozen copy of it (``finetune_kd_*``;
+            :mod:`edgeopt.prune.recovery`), typically the unpruned model itself. It must
+            carry the model's ModelSpec. ``info["recovery"]`` records it. None: labels only.
 
     Returns:
         A :class:`PruneResult`.
 
     Raises:
         ConfigError: a pattern or table entry names no layer, or data is missing where
-            the method needs it.
+            the method needs it; a teacher without ``finetune_epochs`` or whose ModelSpec
+            differs from the model's.
         UnsupportedModelError: the dependency graph cannot prune a layer (structured); the
             message names it and the ``exclude`` pattern that skips it.
 
@@ -195,6 +200,11 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: Any = None,
     """
     config = config or PruneConfig()
     t0 = time.perf_counter()
+    kd = None
+    if teacher is not None:  # checked before any pruning work
+        from edgeopt.prune.recovery import recovery_loss
+
+        kd = recovery_loss(model, teacher, config, data)
     base = copy.deepcopy(model).eval()
     layers, protected = select_layers(base, config.include, config.exclude, config.protect_first_last)
     ratios = resolve_layer_ratios(layers, config.layer_ratios, config.ratio,
@@ -215,11 +225,18 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: Any = None,
         if config.finetune_epochs:
             from edgeopt.prune.schedule import finetune
 
-            history.append(finetune(out, config, data, progress=progress))
+            history.append(finetune(out, config, data, progress=progress, loss_fn=kd))
     else:
         from edgeopt.prune.schedule import run_schedule
 
-        out, history = run_schedule(base, config, layers, ratios, data, progress=progress, out_dir=out_dir)
+        out, history = run_schedule(base, config, layers, ratios, data, progress=progress, out_dir=out_dir,
+                                    loss_fn=kd)
+    if kd is not None:
+        out.info["recovery"] = {
+            "kd": "response", "temperature": config.finetune_kd_temperature, "alpha": config.finetune_kd_alpha,
+            "teacher": (getattr(teacher, "edgeopt_arch", None) or {}).get("name") or type(teacher).__name__,
+            "teacher_forwards": kd.forwards, "teacher_cache": "on" if kd.cache is not None else "off",
+        }
 
     pruned = out.model.eval()
     _carry_attributes(model, pruned)

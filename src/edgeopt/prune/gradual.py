@@ -72,7 +72,7 @@ def gradual_plan(steps: int, total_steps: int, end: float = GRADUAL_END) -> list
 
 
 def gradual(base: nn.Module, config: PruneConfig, layers: list[str], ratios: dict[str, float],
-             data: Any, progress: bool) -> tuple[Pruned, list[dict[str, Any]]]:
+            data: Any, progress: bool, loss_fn: Any = None) -> tuple[Pruned, list[dict[str, Any]]]:
     from edgeopt.train import Trainer
 
     t0 = time.perf_counter()
@@ -85,13 +85,17 @@ def gradual(base: nn.Module, config: PruneConfig, layers: list[str], ratios: dic
     cb = GradualCallback(plan, ratios, config.scope, config.ratio, lambda m: val_accuracy(m, data))
     cb.prune_due(model, 0)  # the steps planned before training
     tcfg = _train_config(config, config.finetune_epochs, config.seed, progress)
-    result = Trainer(tcfg, callbacks=[cb]).fit(model, data)
+    train_data = loss_fn.data(data) if hasattr(loss_fn, "data") else data  # KD: teacher logits cache
+    result = Trainer(tcfg, loss_fn=loss_fn, callbacks=[cb]).fit(model, train_data)
     warnings: list[str] = []  # every planned step fired: the last is due at 75 % of training
     model.to(home).eval()
     masks = {n: m.cpu() for n, m in cb.masks.masks.items()}
     apply_masks_(model, masks)
     history = [{"step": 0, "train_step": 0, "ratio": 0.0, "sparsity": weight_sparsity(base, layers),
                 "val_acc": base_acc}] + cb.history
+    if hasattr(loss_fn, "teacher"):  # every pruning step fine-tuned with the teacher
+        for h in history[1:]:
+            h["kd"] = True
     history[-1]["val_acc"] = result.metrics.get("val_acc") if base_acc is not None else None
     history[-1]["sparsity"] = weight_sparsity(model, layers)  # re-read from the weights
     for h in history:

@@ -39,6 +39,10 @@ def lineage_step(result: Any) -> dict[str, Any]:
         step["macs_ratio"] = round(result.macs_after / result.macs_before, 6)
     if cfg.finetune_epochs:
         step["finetune_epochs"] = cfg.finetune_epochs
+    rec = (result.info or {}).get("recovery")
+    if rec:  # recovered with a teacher: which one, and how
+        step["recovery"] = {k: rec[k] for k in ("kd", "teacher", "teacher_checkpoint", "temperature", "alpha")
+                            if k in rec}
     return step
 
 
@@ -63,6 +67,7 @@ def prune_checkpoint(
     checkpoint: str | Path, config: PruneConfig, out: str | Path | None = None, data: Any = None,
     *, evaluate: bool = True, sparse: bool = True, figures: bool = True, threads: int = 1,
     latency_runs: int = 100, progress: bool = True, resize: bool = False,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prune a checkpoint, save the result, and (``evaluate``) measure parent and pruned.
 
@@ -78,17 +83,29 @@ def prune_checkpoint(
         figures: write the per-layer bar chart and weight histograms beside the output.
         threads: inference threads for the measurements.
         resize: resize data of another image size to the checkpoint's.
+        teacher: recover with a teacher: an edgeopt checkpoint with the same ModelSpec
+            (typically ``checkpoint`` itself) whose response KD every fine-tuning trains on
+            (``finetune_kd_temperature``, ``finetune_kd_alpha``); needs ``finetune_epochs``.
 
     Returns:
         ``{"checkpoint", "pruning": PruneResult.to_dict(), "sizes", "figures", "variants",
         "warnings"}``.
+
+    Raises:
+        ConfigError: a teacher without ``finetune_epochs``, or whose ModelSpec differs.
+        ModelLoadError: the checkpoint or the teacher cannot be loaded.
     """
     from edgeopt.jobs import load_data_for
     from edgeopt.models import load_checkpoint
     from edgeopt.prune._base import prune
     from edgeopt.runtime import check_threads
 
+    from edgeopt.errors import ConfigError
+
     threads = check_threads(threads)
+    if teacher is not None and config.finetune_epochs < 1:  # before any work
+        raise ConfigError("--recover-with-teacher fine-tunes the pruned model with the teacher: "
+                          "give --finetune-epochs N (PruneConfig.finetune_epochs >= 1)")
     out_path = Path(out) if out is not None else default_out(checkpoint, config)
     if not out_path.name.endswith(".safetensors"):
         out_path = out_path.with_name(out_path.name + ".safetensors")
@@ -97,8 +114,16 @@ def prune_checkpoint(
     if cycles_dir is not None:
         ensure_writable_dir(cycles_dir, "cycle checkpoints folder")
     model, _ = load_checkpoint(checkpoint)
+    teacher_model = None
+    if teacher is not None:  # weights through safetensors, never pickle
+        from edgeopt.prune.recovery import check_same_spec
+
+        teacher_model, _ = load_checkpoint(teacher)
+        check_same_spec(model, teacher_model)  # before the data loads
     dm = load_data_for(checkpoint, data, resize=resize)
-    result = prune(model, config, dm, progress=progress, out_dir=cycles_dir)
+    result = prune(model, config, dm, progress=progress, out_dir=cycles_dir, teacher=teacher_model)
+    if teacher is not None:
+        result.info["recovery"]["teacher_checkpoint"] = str(teacher)
     saved = save_pruned(result, out_path)
     summary: dict[str, Any] = {"checkpoint": str(saved), "pruning": result.to_dict(), "sizes": {},
                                "figures": [], "variants": [], "warnings": list(result.warnings)}

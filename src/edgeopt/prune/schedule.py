@@ -2,6 +2,8 @@
 
 * :func:`finetune`: one fine-tuning through :class:`~edgeopt.train.Trainer` (SGD, cosine,
   ``finetune_*``), masks re-applied after every step: the sparsity stays exact.
+  With a ``loss_fn`` from :func:`edgeopt.prune.recovery.recovery_loss`, every fine-tuning
+  of a schedule trains on KD from a frozen teacher; the masks are re-applied all the same.
 * ``iterative``: ``steps`` cycles of prune -> fine-tune -> measure, the ratio rising to
   ``config.ratio`` (linearly, or along the Zhu & Gupta cubic); a checkpoint per cycle
   (``out_dir/cycle_<k>``) that a re-run resumes from; it stops when validation accuracy
@@ -105,7 +107,8 @@ def _train_config(config: PruneConfig, epochs: int, seed: int, progress: bool, o
 
 
 def finetune(pruned: Pruned, config: PruneConfig, data: Any, progress: bool = False, *,
-             seed: int | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+             seed: int | None = None, out_dir: str | Path | None = None,
+             loss_fn: Any = None) -> dict[str, Any]:
     """Fine-tune ``pruned.model`` in place for ``config.finetune_epochs``; masks stay.
 
     Args:
@@ -115,10 +118,14 @@ def finetune(pruned: Pruned, config: PruneConfig, data: Any, progress: bool = Fa
         progress: the Trainer's progress output.
         seed: the training seed (default ``config.seed``).
         out_dir: the Trainer's checkpoint folder; None (default) writes nothing.
+        loss_fn: the Trainer ``loss_fn``; None: cross-entropy on the labels; a
+            :func:`~edgeopt.prune.recovery.recovery_loss` (it has ``data()``): KD from its teacher (``"kd": True``).
 
     Returns:
-        ``{"step": "finetune", "epochs", "val_acc", "sparsity", "seconds"}``; ``sparsity``
-        is re-read from the weights (of the masked layers, else of all prunable layers).
+        ``{"step": "finetune", "epochs", "val_acc", "sparsity", "seconds"}`` (``"kd": True``
+        with a teacher);
+        ``sparsity`` is re-read from the weights (of the masked layers, else of all
+        prunable layers).
 
     Raises:
         ConfigError: no data, or ``finetune_epochs`` is 0.
@@ -144,17 +151,21 @@ def finetune(pruned: Pruned, config: PruneConfig, data: Any, progress: bool = Fa
     callbacks = [MaskCallback(pruned.masks)] if pruned.masks else []
     seed = config.seed if seed is None else seed
     tcfg = _train_config(config, config.finetune_epochs, seed, progress, out_dir)
-    result = Trainer(tcfg, callbacks=callbacks).fit(model, data)
+    train_data = loss_fn.data(data) if hasattr(loss_fn, "data") else data  # KD: teacher logits cache
+    result = Trainer(tcfg, loss_fn=loss_fn, callbacks=callbacks).fit(model, train_data)
     model.to(home).eval()  # the callback re-applied the masks after the last step too
     layers = list(pruned.masks) if pruned.masks else prunable_layers(model)
     acc = result.metrics.get("val_acc") if len(data.split("val")) else None  # the Trainer says 0 for none
-    return {"step": "finetune", "epochs": config.finetune_epochs, "val_acc": acc,
-            "sparsity": weight_sparsity(model, layers), "seconds": round(time.perf_counter() - t0, 3)}
+    entry = {"step": "finetune", "epochs": config.finetune_epochs, "val_acc": acc,
+             "sparsity": weight_sparsity(model, layers), "seconds": round(time.perf_counter() - t0, 3)}
+    if hasattr(loss_fn, "teacher"):  # recovered with a teacher (KD)
+        entry["kd"] = True
+    return entry
 
 
 def run_schedule(base: nn.Module, config: PruneConfig, layers: list[str], ratios: dict[str, float],
                  data: Any, *, progress: bool = False, out_dir: str | Path | None = None,
-                 ramp: str = "linear") -> tuple[Pruned, list[dict[str, Any]]]:
+                 ramp: str = "linear", loss_fn: Any = None) -> tuple[Pruned, list[dict[str, Any]]]:
     """Run the ``iterative`` or ``gradual`` schedule of ``config`` on a copy of ``base``.
 
     Args:
@@ -165,6 +176,8 @@ def run_schedule(base: nn.Module, config: PruneConfig, layers: list[str], ratios
         out_dir: iterative: the folder of the per-cycle checkpoints; finished cycles found
             there are skipped (a long run resumes). None: nothing is written.
         ramp: iterative: ``linear`` or ``cubic`` rise of the ratio over the cycles.
+        loss_fn: the loss of every fine-tuning (:func:`~edgeopt.prune.recovery.recovery_loss` for a teacher);
+            None: cross-entropy.
 
     Returns:
         ``(Pruned, history)``: the result (iterative: the last cycle within ``max_drop``)
@@ -187,11 +200,11 @@ def run_schedule(base: nn.Module, config: PruneConfig, layers: list[str], ratios
     if config.schedule == "gradual":
         from edgeopt.prune.gradual import gradual
 
-        return gradual(base, config, layers, ratios, data, progress)
+        return gradual(base, config, layers, ratios, data, progress, loss_fn=loss_fn)
     if config.schedule != "iterative" or ramp not in RAMPS:
         raise ConfigError(f"run_schedule runs 'iterative' (ramp {' or '.join(RAMPS)}) or 'gradual', "
                           f"not {config.schedule!r} (ramp {ramp!r})")
-    return _iterative(base, config, layers, ratios, data, progress, out_dir, ramp)
+    return _iterative(base, config, layers, ratios, data, progress, out_dir, ramp, loss_fn)
 
 
 # -- iterative ----------------------------------------------------------------------------
@@ -255,12 +268,16 @@ def _save_cycle(out_dir: Path, entry: dict[str, Any], out: Pruned, history: list
 
 
 def _iterative(base: nn.Module, config: PruneConfig, layers: list[str], ratios: dict[str, float],
-               data: Any, progress: bool, out_dir: Any, ramp_name: str) -> tuple[Pruned, list]:
+               data: Any, progress: bool, out_dir: Any, ramp_name: str,
+               loss_fn: Any = None) -> tuple[Pruned, list]:
     ramp, n, structured = RAMPS[ramp_name], config.steps, config.method == "structured"
     method = get_method(config.method)
     numel = {name: base.get_submodule(name).weight.numel() for name in layers}
     macs0 = _macs(base) if structured else None
-    fp = json.loads(json.dumps({"config": config.to_dict(), "layers": layers, "ratios": ratios}))
+    fp = {"config": config.to_dict(), "layers": layers, "ratios": ratios}
+    if loss_fn is not None:  # cycles fine-tuned with a teacher are not those of a run without
+        fp["loss"] = "kd" if hasattr(loss_fn, "teacher") else "custom"
+    fp = json.loads(json.dumps(fp))
     warnings: list[str] = []
     out_dir = Path(out_dir) if out_dir is not None else None
     done, side = (0, None)
@@ -298,7 +315,7 @@ def _iterative(base: nn.Module, config: PruneConfig, layers: list[str], ratios: 
         if structured:
             out.record = _record_from_base(base, out, record)
         record = out.record
-        ft = finetune(out, config, data, progress, seed=config.seed + k)
+        ft = finetune(out, config, data, progress, seed=config.seed + k, loss_fn=loss_fn)
         acc = ft["val_acc"]
         drop = None if acc is None or base_acc is None else 100.0 * (base_acc - acc)
         within = config.max_drop is None or (drop is not None and drop <= config.max_drop)
@@ -307,6 +324,8 @@ def _iterative(base: nn.Module, config: PruneConfig, layers: list[str], ratios: 
                  "drop": None if drop is None else round(drop, 4),
                  "params": sum(p.numel() for p in out.model.parameters()), "within_budget": within,
                  "seconds": round(time.perf_counter() - t0, 3)}
+        if "kd" in ft:
+            entry["kd"] = ft["kd"]
         if macs0:  # structured: what the removed channels saved
             entry["macs"] = _macs(out.model)
             entry["macs_ratio"] = entry["macs"] / macs0 if entry["macs"] is not None else None

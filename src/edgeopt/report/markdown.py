@@ -62,6 +62,45 @@ def variant_warnings(results: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def distillation_lines(results: dict[str, Any]) -> list[str]:
+    """One sentence per distilled student: its test accuracy (mean ± spread over seeds)
+    against the same student trained alone, the gain in points and the verdict (a gain
+    inside twice the seeds' combined spread, the threshold, is "no measurable gain").
+
+    Example:
+        >>> v = {"name": "s distilled onnx", "distillation": {"role": "student", "student": "s",
+        ...      "teacher": "t", "method": "response", "temperature": 4.0, "alpha": 0.9, "epochs": 8,
+        ...      "seeds": 3, "student_mean": 0.98, "student_std": 0.004, "baseline_mean": 0.97,
+        ...      "baseline_std": 0.003, "gain": 0.01, "threshold": 0.01, "verdict": "no measurable gain"}}
+        >>> print(distillation_lines({"variants": [v]})[0])
+        s distilled onnx: s distilled from t (response KD, T=4, alpha=0.9, 8 epochs, 3 seeds): test top-1 98.00 ± 0.40% vs 97.00 ± 0.30% trained alone: gain +1.00 points (threshold 1.00); verdict: no measurable gain.
+    """
+    out = []
+    for v in results.get("variants") or []:
+        d = v.get("distillation") if isinstance(v, dict) else None
+        if not isinstance(d, dict) or d.get("role") != "student":
+            continue
+        seeds = d.get("seeds") or 1
+        how = (f"{d.get('method')} KD, T={_fmt(d.get('temperature'), 'g')}, alpha={_fmt(d.get('alpha'), 'g')}, "
+               f"{d.get('epochs')} epochs, {seeds} seed{'s' if seeds != 1 else ''}")
+        def acc(arm: str) -> str:
+            spread = f" ± {_fmt(d.get(arm + '_std'), '.2f', 100)}" if seeds > 1 else ""
+            return f"{_fmt(d.get(arm + '_mean'), '.2f', 100)}{spread}%"
+
+        line = (f"{v.get('name', '?')}: {d.get('student')} distilled from {d.get('teacher')} ({how}): "
+                f"test top-1 {acc('student')}")
+        if d.get("gain") is None:
+            line += f"; verdict: {d.get('verdict', 'no baseline')}."
+        else:
+            threshold = f" (threshold {_fmt(d.get('threshold'), '.2f', 100)})" if seeds > 1 else ""
+            line += (f" vs {acc('baseline')} trained alone: gain {_fmt(d.get('gain'), '+.2f', 100)} "
+                     f"points{threshold}; verdict: {d.get('verdict')}.")
+        if d.get("note"):
+            line += f" ({d['note']})"
+        out.append(line)
+    return out
+
+
 COLUMNS: list[tuple[str, Any]] = [
     ("variant", lambda v: v.get("name", "?")),
     ("runtime", lambda v: v.get("runtime", "?")),
@@ -218,6 +257,9 @@ def render_markdown(
     if warned:  # right after the table: a number with a warning must not be read without it
         lines += ["", "## Warnings", ""]
         lines += [f"- **{name}**: {w}" for name, w in warned]
+    distilled = distillation_lines(results)
+    if distilled:
+        lines += ["", "## Distillation", ""] + [f"- {d}" for d in distilled]
     for p in plots or []:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     lines += _figures_markdown(results, base_dir)
@@ -245,6 +287,9 @@ def render_html(
     warned = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(w)}</li>" for name, w in variant_warnings(results))
     if warned:
         warned = f"<h2>Warnings</h2><ul class='warnings'>{warned}</ul>"
+    distilled = "".join(f"<li>{html.escape(d)}</li>" for d in distillation_lines(results))
+    if distilled:
+        warned += f"<h2>Distillation</h2><ul>{distilled}</ul>"
     style = (
         ".warnings li{color:#8a4b00}"
         "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
