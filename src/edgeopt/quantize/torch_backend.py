@@ -11,7 +11,12 @@ deployments load), whose sidecar records ``quantized_engine``: the ``torchscript
 sets ``torch.backends.quantized.engine`` to it, because int8 weights are packed for one
 engine when the file is loaded. The fake-quant reference is ``convert_to_reference_fx`` of
 a copy of the same calibrated model: float ops between quantize/dequantize pairs with the
-very scales of the int8 model.
+very scales of the int8 model, except that on x86/fbgemm its global average pools and
+two-tensor ``mul`` round as the int8 kernels do (squeeze-excitation blocks: the float ops
+rounded ties otherwise, and MobileNetV3 agreed only 69.9 % with its int8 model; see
+:mod:`edgeopt.quantize.int8_rounding`). Below 99 % agreement on calibration images the warning
+names the node where the two part, why, and whether keeping its layers float helps
+(measured by quantizing again), and ``reference_divergence`` records them.
 
 What each calibration method maps to (activations; weights are always min/max):
 
@@ -63,6 +68,8 @@ from edgeopt.quantize._torch_common import (
     untraceable,
 )
 from edgeopt.quantize.config import QuantConfig
+from edgeopt.quantize.divergence import divergence_warning, keep_float_patterns, locate_divergence
+from edgeopt.quantize.int8_rounding import int8_pool_layouts, match_int8_rounding
 from edgeopt.spec import get_spec
 
 
@@ -255,6 +262,49 @@ def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     return float((pa == pb).float().mean())
 
 
+def _fx_agreement(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, keep_float: list[str]) -> float:
+    """Top-1 agreement of reference and int8 model on the calibration images when
+    ``keep_float`` stays float (static PTQ; what a suggested --keep-float would give)."""
+    from torch.ao.quantization.quantize_fx import convert_fx, convert_to_reference_fx, prepare_fx
+
+    prepared = prepare_fx(copy.deepcopy(model).eval(), _fx_qconfig_mapping(cfg, keep_float, False),
+                          (calibration[:2].clone(),))
+    calibrate(prepared, calibration)
+    reference = convert_to_reference_fx(copy.deepcopy(prepared))
+    int8_model = keepdim_means(convert_fx(prepared))
+    if cfg.engine in ("x86", "fbgemm"):
+        match_int8_rounding(reference, int8_pool_layouts(int8_model, calibration[:2]))
+    return _agreement(reference, int8_model, calibration[:256])
+
+
+def _explain_divergence(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, keep_float: list[str],
+                        reference: nn.Module, int8_model: nn.Module, agree: float) -> tuple[str, dict[str, Any]]:
+    """The warning for a reference that agrees with its int8 model on only ``agree`` of the
+    calibration images, and its record: the nodes where they part, and the keep_float
+    patterns around them with the agreement measured when those stay float (static only:
+    QAT would be fine-tuned again)."""
+    from edgeopt.quantize.layers import match_layers, quantizable_layers
+
+    try:
+        located = locate_divergence(reference, int8_model, calibration[:64])
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never fail the quantization
+        return (f"the torch.ao reference model agrees with the int8 model on only {100 * agree:.1f} % of "
+                f"calibration images (top-1); the agreement check is weaker than usual (locating where they "
+                f"part failed: {brief(exc, 120)})"), {"error": brief(exc, 200)}
+    keep: list[str] = []
+    keep_agree = None
+    if cfg.method != "qat":
+        layers = [n for n in quantizable_layers(model) if n not in keep_float]
+        keep = keep_float_patterns(located, layers)
+        if keep:
+            try:
+                keep_agree = _fx_agreement(model, cfg, calibration, keep_float + match_layers(layers, keep))
+            except Exception:  # noqa: BLE001 - not measured: then not suggested
+                keep_agree = None
+    record = {"nodes": located, "keep_float": keep, "keep_float_agreement": keep_agree}
+    return divergence_warning(agree, located, keep, keep_agree), record
+
+
 def _fx_static(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, keep_float: list[str],
                data: Any, out: Path) -> tuple[nn.Module, nn.Module, list[str], list[str], list[str], dict[str, Any]]:
     from torch.ao.quantization.quantize_fx import (
@@ -289,14 +339,19 @@ def _fx_static(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, ke
         if w is not None:
             qparams[n] = {"weight": w, **({"input": inputs[n]} if n in inputs else {})}
     try:
+        # the SE squeeze and gate round as the x86/fbgemm int8 kernels do (checked code for code on x86)
+        rounding = (match_int8_rounding(reference, int8_pool_layouts(int8_model, calibration[:2]))
+                    if cfg.engine in ("x86", "fbgemm") else {})
         agree = _agreement(reference, int8_model, calibration[:256])
     except RuntimeError as exc:  # an int8 kernel that refuses a layout or shape: one line
         raise UnsupportedModelError(
             f"the torch.ao int8 model ({cfg.engine}) of {type(model).__name__} fails to run: "
             f"{brief(exc, 200)}; quantize it with --backend onnxruntime") from None
+    extra["reference_int8_rounding"] = rounding
     if agree < 0.99:
-        warns.append(f"the torch.ao reference model agrees with the int8 model on only {100 * agree:.1f} % of "
-                     f"calibration images (top-1); the agreement check is weaker than usual")
+        warning, extra["reference_divergence"] = _explain_divergence(
+            model, cfg, calibration, keep_float, reference, int8_model, agree)
+        warns.append(warning)
     meta = {"exporter": "torch.ao.quantization.quantize_fx", "reference_agreement_calibration": agree, **extra}
     return int8_model, reference, int8, floats, warns, {"qparams": qparams, **meta}
 
