@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
+import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -140,3 +144,34 @@ def interleaved_medians(targets: dict, spec, rounds: int = 20, runs: int = 20, w
         for k in keys[i % len(keys):] + keys[:i % len(keys)]:
             per[k].append(measure_latency(runners[k], spec, batch_size=1, runs=runs, warmup=2, threads=1).median_ms)
     return {k: float(np.median(v)) for k, v in per.items()}
+
+
+class Cells:
+    """A JSON file of finished benchmark cells: a re-run skips them (``force`` redoes some).
+
+    One failed cell becomes a row with its error, not a crash; only finished cells are kept.
+    """
+
+    def __init__(self, path: Path, force: set[str]) -> None:
+        self.path, self.force = path, force
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str, fn: Callable[[], dict]) -> dict:
+        if key in self.data and key not in self.force:
+            print(f"[bench] {key}: cached", file=sys.stderr, flush=True)
+            return self.data[key]
+        print(f"[bench] {key} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - one failed cell is a row, not a crash
+            traceback.print_exc()
+            value = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        value["seconds"] = round(time.perf_counter() - t0, 1)
+        if "error" not in value:
+            from edgeopt._io import write_json_atomic
+
+            self.data[key] = value
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, self.data)
+        return value

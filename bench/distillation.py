@@ -51,46 +51,16 @@ import inspect
 import json
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save  # noqa: E402
+from _common import Cells, save  # noqa: E402
 
 STEPS = ("fmnist", "prune", "cifar")
 #: the fmnist variants, in the order they run (response first: it also trains the baseline)
 VARIANTS = ("response", "dkd", "feature", "progressive", "self", "online")
-
-
-class Cells:
-    """A JSON file of finished cells: a re-run skips them (``--force`` redoes some)."""
-
-    def __init__(self, path: Path, force: set[str]) -> None:
-        self.path, self.force = path, force
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def get(self, key: str, fn: Callable[[], dict]) -> dict:
-        if key in self.data and key not in self.force:
-            print(f"[bench] {key}: cached", file=sys.stderr, flush=True)
-            return self.data[key]
-        print(f"[bench] {key} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        try:
-            value = fn()
-        except Exception as exc:  # noqa: BLE001 - one failed cell is a row, not a crash
-            traceback.print_exc()
-            value = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        value["seconds"] = round(time.perf_counter() - t0, 1)
-        if "error" not in value:
-            from edgeopt._io import write_json_atomic
-
-            self.data[key] = value
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.path, self.data)
-        return value
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -31,44 +31,15 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import accuracy, checkpoint_or_train, interleaved_medians, load_bench_model, median_ms, save  # noqa: E402
+from _common import Cells, accuracy, checkpoint_or_train, interleaved_medians, load_bench_model, median_ms, save  # noqa: E402
 
 #: in the order they run: the cheap one-shot comparison first, the long fine-tunings after
 STEPS = ("base", "oneshot", "structured", "unstructured", "curve")
-
-
-class Cells:
-    """A JSON file of finished steps: a re-run skips them (``--force`` redoes some)."""
-
-    def __init__(self, path: Path, force: set[str]) -> None:
-        self.path, self.force = path, force
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def get(self, key: str, fn: Callable[[], dict]) -> dict:
-        if key in self.data and key not in self.force:
-            print(f"[bench] {key}: cached", file=sys.stderr, flush=True)
-            return self.data[key]
-        print(f"[bench] {key} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        try:
-            value = fn()
-        except Exception as exc:  # noqa: BLE001 - one failed step is a row, not a crash
-            traceback.print_exc()
-            value = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        value["seconds"] = round(time.perf_counter() - t0, 1)
-        if "error" not in value:
-            from edgeopt._io import write_json_atomic
-
-            self.data[key] = value
-            write_json_atomic(self.path, self.data)
-        return value
 
 
 def main() -> None:
