@@ -84,6 +84,19 @@ def test_iterative_cycles_share_the_teacher_logits_cache(teacher, digits_cnn, di
     assert _acc(r.model, digits_data) >= 0.90  # measured 0.95 (2 cycles of 1 KD epoch)
 
 
+def test_iterative_cycles_of_one_teacher_are_not_resumed_with_another(digits_cnn, digits_data, tmp_path):
+    cfg = PruneConfig(method="unstructured", ratio=0.6, schedule="iterative", steps=2, finetune_epochs=1,
+                      finetune_max_steps_per_epoch=2, finetune_augment=False)
+    prune(digits_cnn, cfg, digits_data, teacher=digits_cnn, out_dir=tmp_path)
+    again = prune(digits_cnn, cfg, digits_data, teacher=digits_cnn, out_dir=tmp_path)
+    assert any("resumed iterative pruning after cycle 2 of 2" in w for w in again.warnings)
+    other = copy.deepcopy(digits_cnn)
+    with torch.no_grad():
+        other.fc.weight.mul_(0.5)  # same architecture and spec, other weights: another teacher
+    with pytest.raises(ConfigError, match="cycles of another configuration"):
+        prune(digits_cnn, cfg, digits_data, teacher=other, out_dir=tmp_path)
+
+
 def test_structured_kd_recovery_gives_the_smaller_model_back_its_accuracy(teacher, digits_cnn, digits_data):
     cfg = PruneConfig(method="structured", ratio=0.5, finetune_epochs=2)
     r = prune(digits_cnn, cfg, digits_data, teacher=teacher)

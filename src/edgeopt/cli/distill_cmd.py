@@ -39,6 +39,7 @@ def distill(
     alpha: Annotated[Optional[str], typer.Option(help="Weight of the KD term in [0, 1], cross-entropy gets 1 - alpha (default 0.9); a comma list such as 0.3,0.5,0.7,0.9 sweeps it.")] = None,
     dkd_alpha: Annotated[Optional[float], typer.Option(help="--method dkd: weight of the target-class term (default 1).")] = None,
     dkd_beta: Annotated[Optional[float], typer.Option(help="--method dkd: weight of the non-target-class term (default 8, the paper's CIFAR-100 value; smaller for easy data or small students).")] = None,
+    kd_warmup_epochs: Annotated[Optional[float], typer.Option(help="Warm up the KD term linearly from 0 to full weight over the first N epochs (fractional allowed; updated every step; the cross-entropy term is not scaled). Default 0: no warm-up; DKD's recipe uses 20 of 240 epochs.")] = None,
     feature_pairs: Annotated[Optional[str], typer.Option(help="--method feature: student_layer:teacher_layer[,...] by qualified name, e.g. block3:block3 (see `edgeopt models` for the zoo; a wrong name lists the nearest).")] = None,
     feature_loss: Annotated[Optional[str], typer.Option(help="--method feature: fitnet (MSE after a 1x1-conv adapter, default) or attention (attention transfer).")] = None,
     feature_weight: Annotated[Optional[float], typer.Option(help="--method feature: weight of the feature term (default 100 for fitnet, 1000 for attention; lower it for small feature maps).")] = None,
@@ -83,7 +84,7 @@ def distill(
     job = job_config(
         config, student=student, teacher=teacher, preset=preset, data=_target_data(data, data_root),
         out_dir=out_dir, temperature=temperature, alpha=alpha,
-        distill=dict(method=method, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta, feature_pairs=parse_pairs(feature_pairs), feature_loss=feature_loss,
+        distill=dict(method=method, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta, kd_warmup_epochs=kd_warmup_epochs, feature_pairs=parse_pairs(feature_pairs), feature_loss=feature_loss,
                      feature_weight=feature_weight,
                      assistants=[a.strip() for a in assistants.split(",") if a.strip()] if assistants else None,
                      generations=generations, peers=peers, epochs=epochs, lr=lr, batch_size=batch_size,

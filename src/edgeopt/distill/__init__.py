@@ -19,7 +19,7 @@ Public API:
   pruned model with its unpruned teacher).
 * :func:`sweep` -> :class:`SweepResult`: a temperature x alpha grid, CSV/JSON and heatmap.
 * Losses: :data:`KD_LOSSES` (:func:`response_loss`, :func:`dkd_loss`), :func:`kd_kl`,
-  :func:`dkd_parts`, :func:`mutual_loss`; :data:`FEATURE_LOSSES` (``fitnet``,
+  :func:`dkd_parts`, :func:`mutual_loss`, :func:`kd_warmup_weight`; :data:`FEATURE_LOSSES` (``fitnet``,
   ``attention``); :class:`FeatureHooks`, :func:`make_adapter`.
 * :data:`DISTILL_METHODS`, :func:`list_methods`, :func:`list_kd_losses`.
 
@@ -45,6 +45,7 @@ from edgeopt.distill.losses import (
     dkd_parts,
     get_kd_loss,
     kd_kl,
+    kd_warmup_weight,
     list_kd_losses,
     mutual_loss,
     response_loss,
@@ -73,6 +74,7 @@ __all__ = [
     "dkd_parts",
     "get_kd_loss",
     "kd_kl",
+    "kd_warmup_weight",
     "list_kd_losses",
     "list_methods",
     "make_adapter",

@@ -12,6 +12,7 @@ from torch import nn
 
 from edgeopt.distill.config import DistillConfig
 from edgeopt.errors import ConfigError, EdgeoptError
+from edgeopt.train import Trainer
 
 
 @dataclasses.dataclass
@@ -55,6 +56,30 @@ class KeepBest:
             self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+class ProgressTrainer(Trainer):
+    """A Trainer that tells its loss how far training is, for the KD warm-up.
+
+    Before each step, ``loss_fn.epoch`` is set to the epochs done once that step is taken,
+    ``(global_step + 1) / steps_per_epoch`` (``steps_per_epoch`` as the Trainer counts
+    them: this rank's train batches, capped by ``max_steps_per_epoch``).
+    """
+
+    def __init__(self, config, loss_fn, callbacks, data: Any) -> None:
+        super().__init__(config, loss_fn=loss_fn, callbacks=callbacks)
+        self._train_data = data  # the DataModule itself: its loader() has no side effects
+        self._steps_per_epoch: int | None = None
+
+    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        if self._steps_per_epoch is None:
+            cfg, ctx = self.config, self.dist
+            n = len(self._train_data.loader("train", cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size))
+            if cfg.max_steps_per_epoch is not None:
+                n = min(n, cfg.max_steps_per_epoch)
+            self._steps_per_epoch = max(1, n)
+        self.loss_fn.epoch = (self.global_step + 1) / self._steps_per_epoch
+        return super().compute_loss(model, x, y)
+
+
 def device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -88,19 +113,22 @@ def train_arm(model: nn.Module, config: DistillConfig, data: Any, seed: int, los
     """Train ``model`` in place with ``loss_fn`` (None: cross-entropy), keep its best epoch.
 
     ``loss_fn.data(data)`` (a :class:`~edgeopt.distill.teacher.DistillLoss`) is what the
-    Trainer sees, so the teacher logits cache applies. With ``progress``, a line naming
-    the run (``label``) goes to stderr before the Trainer's own output.
+    Trainer sees, so the teacher logits cache applies. A loss with an ``epoch`` attribute
+    is told the training progress before each step (:class:`ProgressTrainer`), for the KD
+    warm-up. With ``progress``, a line naming the run (``label``) goes to stderr before
+    the Trainer's own output.
     """
-    from edgeopt.train import Trainer
-
     if progress and label:
         print(f"distill: {label}, seed {seed}", file=sys.stderr, flush=True)
 
     has_val = len(data.split("val")) > 0  # without val the Trainer reports 0: keep the last epoch
     keep = KeepBest() if has_val else None
     fit_data = loss_fn.data(data) if hasattr(loss_fn, "data") else data
-    trainer = Trainer(config.to_train_config(seed, progress), loss_fn=loss_fn,
-                      callbacks=[keep] if keep is not None else [])
+    train_cfg, callbacks = config.to_train_config(seed, progress), [keep] if keep is not None else []
+    if hasattr(loss_fn, "epoch"):
+        trainer = ProgressTrainer(train_cfg, loss_fn, callbacks, data)
+    else:
+        trainer = Trainer(train_cfg, loss_fn=loss_fn, callbacks=callbacks)
     result = trainer.fit(model, fit_data)
     if keep is not None and keep.state is not None:
         model.load_state_dict(keep.state)

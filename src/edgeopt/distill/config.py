@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from edgeopt.config import Config
 from edgeopt.errors import ConfigError
@@ -41,6 +42,14 @@ class DistillConfig(Config):
         dkd_alpha: ``dkd``: weight of the target-class term (TCKD).
         dkd_beta: ``dkd``: weight of the non-target-class term (NCKD); 8 is the paper's
             CIFAR-100 setting.
+        kd_warmup_epochs: linear warm-up of the KD term (>= 0, may be fractional): its
+            weight is multiplied by ``min(epoch / kd_warmup_epochs, 1)``, updated every
+            step (``epoch``: the epochs done once the step is taken), so it grows from
+            about 0 to full weight over the first ``kd_warmup_epochs`` epochs; the
+            hard-label term is never scaled. Applies to the logit KD term of every method
+            (``response``, ``dkd``, the response part of ``feature``, the peers' KL of
+            ``online``), not to the feature term. DKD's recipe warms up over 20 of 240
+            epochs (Zhao et al., 2022). 0: none.
         feature_pairs: ``feature``: ``(student_layer, teacher_layer)`` qualified names whose
             outputs are matched.
         feature_loss: ``fitnet`` or ``attention``.
@@ -81,6 +90,7 @@ class DistillConfig(Config):
     alpha: float = 0.9
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
+    kd_warmup_epochs: float = 0.0
     feature_pairs: tuple[tuple[str, str], ...] = ()
     feature_loss: str = "fitnet"
     feature_weight: float | None = None
@@ -116,6 +126,9 @@ class DistillConfig(Config):
         self._check_range("alpha", 0.0, 1.0)
         self._check_range("dkd_alpha", 0.0, None)
         self._check_range("dkd_beta", 0.0, None)
+        if not 0.0 <= self.kd_warmup_epochs < math.inf:  # also refuses NaN
+            raise ConfigError(f"DistillConfig.kd_warmup_epochs={self.kd_warmup_epochs!r} must be a "
+                              f"finite number >= 0 (epochs of the KD term's warm-up; 0: none)")
         self._check_range("feature_weight", 0.0, None)
         self._check_range("generations", 1, 100)
         self._check_range("peers", 2, 100)

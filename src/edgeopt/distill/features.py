@@ -191,7 +191,8 @@ class FeatureDistillLoss(DistillLoss):
     """Trainer loss of method ``feature``; train :attr:`model`, not the student alone.
 
     ``loss = response KD + feature_scale * sum over pairs of FEATURE_LOSSES[feature_loss]``
-    with parts ``task_loss``, ``kd_loss`` and ``feature_loss``. The teacher runs on every
+    with parts ``task_loss``, ``kd_loss`` and ``feature_loss``; ``kd_warmup_epochs`` warms
+    up the response KD term only. The teacher runs on every
     batch (its features are needed; the logits cache does not apply).
 
     Attributes:
@@ -236,7 +237,7 @@ class FeatureDistillLoss(DistillLoss):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         logits = model(x)
-        out = self.kd(logits, self.teacher_logits(x), y, self.config)
+        out = self.kd(logits, self.teacher_logits(x), y, self.config, epoch=self.progress())
         feat = self.feature_term()
         out["loss"] = out["loss"] + self.config.feature_scale * feat
         out["feature_loss"] = feat.detach()

@@ -2,9 +2,14 @@
 
 A KD loss is ``LOSS(student_logits, teacher_logits, y, config) -> dict`` with ``loss`` (the
 scalar to minimise), ``task_loss`` (hard-label cross-entropy), ``kd_loss`` (the
-distillation term, before the ``alpha`` weighting) and ``logits`` (the student's), so the
-Trainer logs every part (DESIGN habit 5). Logits are ``[B, classes]``; the losses are
-computed in float32 whatever the autocast precision.
+distillation term, before the ``alpha`` weighting and the warm-up) and ``logits`` (the
+student's), so the Trainer logs every part (DESIGN habit 5). Logits are ``[B, classes]``;
+the losses are computed in float32 whatever the autocast precision.
+
+A loss also takes ``epoch``, the training progress in epochs (fractional: 0.5 is half-way
+through the first epoch), for the warm-up of ``DistillConfig.kd_warmup_epochs``: the KD
+term is multiplied by :func:`kd_warmup_weight` and, with a warm-up, the multiplier is
+returned as ``kd_weight``. The hard-label term is never scaled.
 """
 
 from __future__ import annotations
@@ -36,13 +41,41 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
 
 
+def kd_warmup_weight(epoch: float | None, warmup_epochs: float) -> float:
+    """Multiplier of the KD term: ``min(epoch / warmup_epochs, 1)``, a linear ramp from 0.
+
+    As in DKD's recipe (Zhao et al., CVPR 2022: 20 of 240 epochs on CIFAR-100, where the
+    official mdistiller code multiplies the loss by ``min(epoch / warmup, 1)`` with 1-based
+    epochs). ``epoch`` is the training progress in epochs once the current step is taken
+    (the Trainer of :func:`~edgeopt.distill.distill` passes ``(global_step + 1) /
+    steps_per_epoch``, so the ramp grows every step and reaches 1 at the end of the
+    warm-up). ``warmup_epochs`` 0 or ``epoch`` None (progress unknown): 1.
+
+    Example:
+        >>> kd_warmup_weight(5.0, 20.0), kd_warmup_weight(30.0, 20.0), kd_warmup_weight(None, 20.0)
+        (0.25, 1.0, 1.0)
+    """
+    if warmup_epochs <= 0 or epoch is None:
+        return 1.0
+    return min(max(float(epoch), 0.0) / float(warmup_epochs), 1.0)
+
+
+def _with_weight(out: dict, config: DistillConfig, w: float) -> dict:
+    """``out`` with the warm-up multiplier as ``kd_weight`` when a warm-up is set (logged
+    as ``train_kd_weight``); without one the parts are unchanged."""
+    if config.kd_warmup_epochs > 0:
+        out["kd_weight"] = torch.tensor(w)
+    return out
+
+
 @KD_LOSSES.register("response", help="Hinton KD: alpha T^2 KL(teacher/T || student/T) + (1-alpha) CE")
 def response_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                  config: DistillConfig) -> dict:
+                  config: DistillConfig, epoch: float | None = None) -> dict:
     """Response-based KD (Hinton, Vinyals & Dean, 2015).
 
-    ``loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``,
-    the KL averaged over the batch. ``kd_loss`` is the ``T^2``-scaled KL.
+    ``loss = w * alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``,
+    the KL averaged over the batch, ``w = kd_warmup_weight(epoch, config.kd_warmup_epochs)``
+    (1 without a warm-up). ``kd_loss`` is the ``T^2``-scaled KL.
 
     Example:
         >>> s, t, y = torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([0])
@@ -52,8 +85,10 @@ def response_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y:
     """
     task = F.cross_entropy(student_logits.float(), y)
     kd = kd_kl(student_logits, teacher_logits, config.temperature)
-    loss = config.alpha * kd + (1.0 - config.alpha) * task
-    return {"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(), "logits": student_logits}
+    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
+    loss = w * config.alpha * kd + (1.0 - config.alpha) * task
+    return _with_weight({"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(),
+                         "logits": student_logits}, config, w)
 
 
 def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
@@ -95,7 +130,7 @@ def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: tor
 
 @KD_LOSSES.register("dkd", help="Decoupled KD (Zhao et al., CVPR 2022): TCKD + beta NCKD; strong teachers")
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-             config: DistillConfig) -> dict:
+             config: DistillConfig, epoch: float | None = None) -> dict:
     """Decoupled Knowledge Distillation (Zhao, Cui, Song, Qiu & Liang, CVPR 2022,
     arXiv:2203.08679).
 
@@ -106,11 +141,12 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torc
     weakness of classical KD with strong, confident teachers:
 
     ``kd_loss = dkd_alpha * TCKD + dkd_beta * NCKD`` and
-    ``loss = alpha * kd_loss + (1 - alpha) * CE(s, y)``.
+    ``loss = w * alpha * kd_loss + (1 - alpha) * CE(s, y)`` with
+    ``w = kd_warmup_weight(epoch, config.kd_warmup_epochs)``.
 
     (The paper adds DKD to a cross-entropy of weight 1 and warms its weight up over the
-    first 20 epochs; here the same ``alpha`` mixing as ``response`` applies.) Also returned:
-    ``tckd`` and ``nckd``.
+    first 20 epochs: ``kd_warmup_epochs=20``; here the same ``alpha`` mixing as
+    ``response`` applies.) Also returned: ``tckd`` and ``nckd``.
 
     Example:
         >>> s, t, y = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([0])
@@ -121,12 +157,15 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torc
     task = F.cross_entropy(student_logits.float(), y)
     tckd, nckd = dkd_parts(student_logits, teacher_logits, y, config.temperature)
     kd = config.dkd_alpha * tckd + config.dkd_beta * nckd
-    loss = config.alpha * kd + (1.0 - config.alpha) * task
-    return {"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(),
-            "tckd": tckd.detach(), "nckd": nckd.detach(), "logits": student_logits}
+    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
+    loss = w * config.alpha * kd + (1.0 - config.alpha) * task
+    return _with_weight({"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(),
+                         "tckd": tckd.detach(), "nckd": nckd.detach(), "logits": student_logits},
+                        config, w)
 
 
-def mutual_loss(peer_logits: Sequence[torch.Tensor], y: torch.Tensor, config: DistillConfig) -> dict:
+def mutual_loss(peer_logits: Sequence[torch.Tensor], y: torch.Tensor, config: DistillConfig,
+                epoch: float | None = None) -> dict:
     """Deep mutual learning (Zhang, Xiang, Hospedales & Lu, CVPR 2018) for a cohort.
 
     Peer ``k`` minimises ``(1 - alpha) * CE(z_k, y) + alpha * mean_{l != k} T^2
@@ -135,6 +174,7 @@ def mutual_loss(peer_logits: Sequence[torch.Tensor], y: torch.Tensor, config: Di
     the sum over peers (each peer gets the gradient it would get training alone);
     ``task_loss`` and ``kd_loss`` are means over peers; ``logits`` are peer 0's. The
     paper's setting is ``temperature=1`` and equal weights (``alpha=0.5``, up to a factor 2).
+    The KL terms are multiplied by ``kd_warmup_weight(epoch, config.kd_warmup_epochs)``.
 
     Example:
         >>> z = [torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]])]
@@ -149,9 +189,10 @@ def mutual_loss(peer_logits: Sequence[torch.Tensor], y: torch.Tensor, config: Di
         tasks.append(F.cross_entropy(z.float(), y))
         kds.append(torch.stack(others).mean())
     task, kd = torch.stack(tasks), torch.stack(kds)
-    loss = (config.alpha * kd + (1.0 - config.alpha) * task).sum()
-    return {"loss": loss, "task_loss": task.mean().detach(), "kd_loss": kd.mean().detach(),
-            "logits": peer_logits[0]}
+    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
+    loss = (w * config.alpha * kd + (1.0 - config.alpha) * task).sum()
+    return _with_weight({"loss": loss, "task_loss": task.mean().detach(), "kd_loss": kd.mean().detach(),
+                         "logits": peer_logits[0]}, config, w)
 
 
 def get_kd_loss(name: str):

@@ -137,13 +137,15 @@ class Cohort(nn.Module):
 
 
 class MutualLoss:
-    """Trainer loss of the cohort: every peer's CE + KL to the others (single process)."""
+    """Trainer loss of the cohort: every peer's CE + KL to the others (single process);
+    ``epoch`` (set by the Trainer of ``train_arm``) drives the KD warm-up."""
 
     def __init__(self, cohort: Cohort, config: DistillConfig) -> None:
         self.cohort, self.config = cohort, config
+        self.epoch: float | None = None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return mutual_loss([peer(x) for peer in self.cohort.peers], y, self.config)
+        return mutual_loss([peer(x) for peer in self.cohort.peers], y, self.config, epoch=self.epoch)
 
 
 @DISTILL_METHODS.register("online", help="deep mutual learning of peers, no pre-trained teacher")

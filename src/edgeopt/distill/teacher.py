@@ -220,10 +220,16 @@ class DistillLoss:
     Pass :meth:`data` of your DataModule to ``Trainer.fit`` to use the logits cache;
     with the DataModule itself the teacher runs on every batch (correct, slower).
 
+    With ``config.kd_warmup_epochs > 0`` the KD term is warmed up from :attr:`epoch`,
+    which :func:`~edgeopt.distill.distill` sets before every step; with your own Trainer,
+    set it yourself (epochs done once the step is taken, ``(global_step + 1) /
+    steps_per_epoch``), or a training step is a one-line ConfigError.
+
     Attributes:
         teacher: the frozen copy of the teacher.
         cache: the :class:`TeacherCache` once :meth:`data` enabled it, else None.
         forwards: teacher forward passes run so far (cached or not).
+        epoch: training progress in epochs for the KD warm-up, or None (not known).
     """
 
     def __init__(self, teacher: nn.Module, config: DistillConfig) -> None:
@@ -233,6 +239,7 @@ class DistillLoss:
         self.cache: TeacherCache | None = None
         self._data: IndexedData | None = None
         self._uncached_forwards = 0
+        self.epoch: float | None = None
 
     @property
     def forwards(self) -> int:
@@ -263,9 +270,19 @@ class DistillLoss:
         if p is not None and p.device != device:
             self.teacher.to(device)
 
+    def progress(self) -> float | None:
+        """:attr:`epoch`, checked: a warm-up without it is a one-line ConfigError."""
+        if self.epoch is None and self.config.kd_warmup_epochs > 0:
+            raise ConfigError(
+                f"DistillConfig.kd_warmup_epochs={self.config.kd_warmup_epochs:g} needs the training "
+                f"progress: set loss.epoch = (global_step + 1) / steps_per_epoch before each step, "
+                f"or train with edgeopt.distill.distill"
+            )
+        return self.epoch
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         logits = model(x)
-        return self.kd(logits, self.teacher_logits(x), y, self.config)
+        return self.kd(logits, self.teacher_logits(x), y, self.config, epoch=self.progress())
 
 
 def distill_loss_fn(teacher: nn.Module, config: DistillConfig | None = None) -> DistillLoss:

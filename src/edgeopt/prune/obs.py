@@ -44,6 +44,18 @@ class _Stop(Exception):
     """Raised by the input hook to end the forward pass at the layer being pruned."""
 
 
+def _run_to(net: nn.Module, module: nn.Module, hook: Callable[[nn.Module, tuple], None], x: torch.Tensor) -> None:
+    """Run ``net`` on ``x`` with ``hook`` on ``module``'s inputs; the hook raises
+    :class:`_Stop`, so the layers after ``module`` never run."""
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        net(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+
+
 def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as matrix columns, grouped: ``[groups, cols_per_group, samples]``.
 
@@ -102,19 +114,23 @@ def grouped_weight(module: nn.Module) -> torch.Tensor:
     return w.reshape(g, w.shape[0] // g, -1)
 
 
-def _accumulate(module: nn.Module, x: torch.Tensor, H: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """``H + sum_i x_i x_i^T`` over the samples of ``x`` (chunked), and the sample count."""
-    x = x.detach()
-    step = max(1, _CHUNK_ELEMENTS // max(1, layer_columns(module, x[:1]).numel()))
+def _accumulate(module: nn.Module, xs: tuple[torch.Tensor, ...], sums: list[torch.Tensor | None],
+                pairs: tuple[tuple[int, int], ...]) -> int:
+    """Add ``X_a X_b^T`` to ``sums[k]`` for the k-th pair ``(a, b)`` of ``pairs``, where ``X_a``
+    are the unfolded columns of ``xs[a]`` (inputs of ``module`` whose samples pair up), over
+    chunks of samples so that no unfolded tensor gets large; returns the sample count."""
+    xs = tuple(x.detach() for x in xs)
+    step = max(1, _CHUNK_ELEMENTS // max(1, layer_columns(module, xs[0][:1]).numel()))
     count = 0
-    for i in range(0, x.shape[0], step):
-        X = _f64(layer_columns(module, x[i:i + step]))
-        if not bool(torch.isfinite(X).all()):
+    for i in range(0, xs[0].shape[0], step):
+        X = [_f64(layer_columns(module, x[i:i + step])) for x in xs]
+        if not all(bool(torch.isfinite(t).all()) for t in X):
             raise NumericalError("OBS: NaN or Inf reached the inputs of a layer being pruned")
-        part = X @ X.transpose(1, 2)
-        H = part if H is None else H + part
-        count += X.shape[2]
-    return H, count
+        for k, (a, b) in enumerate(pairs):
+            part = X[a] @ X[b].transpose(1, 2)
+            sums[k] = part if sums[k] is None else sums[k] + part
+        count += X[0].shape[2]
+    return count
 
 
 @torch.no_grad()
@@ -130,25 +146,18 @@ def layer_hessian(model: nn.Module, name: str, images: torch.Tensor, batch_size:
         True
     """
     module = model.get_submodule(name)
-    state: dict[str, Any] = {"H": None, "n": 0}
+    sums: list[torch.Tensor | None] = [None]
+    state = {"n": 0}
 
     def hook(mod: nn.Module, args: tuple) -> None:
-        state["H"], n = _accumulate(mod, args[0], state["H"])
-        state["n"] += n
+        state["n"] += _accumulate(mod, (args[0],), sums, ((0, 0),))
         raise _Stop
 
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for i in range(0, images.shape[0], batch_size):
-            try:
-                model(images[i:i + batch_size])
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    if state["H"] is None:
+    for i in range(0, images.shape[0], batch_size):
+        _run_to(model, module, hook, images[i:i + batch_size])
+    if sums[0] is None:
         raise ConfigError(f"OBS: layer {name!r} never ran in the model's forward pass; exclude it")
-    return 2.0 * state["H"] / max(1, state["n"])
+    return 2.0 * sums[0] / max(1, state["n"])
 
 
 @torch.no_grad()
@@ -174,31 +183,15 @@ def paired_statistics(dense: nn.Module, model: nn.Module, name: str, images: tor
         return hook
 
     mods = (dense.get_submodule(name), model.get_submodule(name))
-    handles = [m.register_forward_pre_hook(grab(k)) for m, k in zip(mods, ("x0", "x1"))]
     sums: list[torch.Tensor | None] = [None, None, None]
     count = 0
-    try:
-        for i in range(0, images.shape[0], batch_size):
-            for net in (dense, model):
-                try:
-                    net(images[i:i + batch_size])
-                except _Stop:
-                    pass
-            if "x0" not in got or "x1" not in got:
-                raise ConfigError(f"OBS: layer {name!r} never ran in the model's forward pass; exclude it")
-            x0, x1 = got.pop("x0"), got.pop("x1")
-            step = max(1, _CHUNK_ELEMENTS // max(1, layer_columns(mods[1], x1[:1]).numel()))
-            for j in range(0, x1.shape[0], step):
-                X0 = _f64(layer_columns(mods[0], x0[j:j + step]))
-                X1 = _f64(layer_columns(mods[1], x1[j:j + step]))
-                if not (bool(torch.isfinite(X0).all()) and bool(torch.isfinite(X1).all())):
-                    raise NumericalError("OBS: NaN or Inf reached the inputs of a layer being pruned")
-                for n, part in enumerate((X0 @ X0.transpose(1, 2), X0 @ X1.transpose(1, 2), X1 @ X1.transpose(1, 2))):
-                    sums[n] = part if sums[n] is None else sums[n] + part
-                count += X1.shape[2]
-    finally:
-        for h in handles:
-            h.remove()
+    for i in range(0, images.shape[0], batch_size):
+        for net, mod, key in ((dense, mods[0], "x0"), (model, mods[1], "x1")):
+            _run_to(net, mod, grab(key), images[i:i + batch_size])  # one at a time: dense may be model
+        if "x0" not in got or "x1" not in got:
+            raise ConfigError(f"OBS: layer {name!r} never ran in the model's forward pass; exclude it")
+        # the layer is the same shape in both models, so either unfolds both inputs
+        count += _accumulate(mods[1], (got.pop("x0"), got.pop("x1")), sums, ((0, 0), (0, 1), (1, 1)))
     H0, C, H1 = (2.0 * t / max(1, count) for t in sums)  # type: ignore[operator]
     return H0, C, H1
 

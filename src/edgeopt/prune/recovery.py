@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
@@ -62,6 +63,26 @@ def recovery_loss(model: nn.Module, teacher: nn.Module, config: PruneConfig, dat
                        alpha=config.finetune_kd_alpha, augment=config.finetune_augment,
                        batch_size=config.finetune_batch_size, seed=config.seed)
     return distill_loss_fn(teacher, kd)
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """A short hash of ``teacher``'s weights and buffers (names, shapes, dtypes and values):
+    what the iterative schedule records so that cycles fine-tuned with one teacher are never
+    resumed with another (an architecture name alone would not tell two trainings apart).
+
+    Example:
+        >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> teacher_fingerprint(a) == teacher_fingerprint(a), teacher_fingerprint(a) == teacher_fingerprint(b)
+        (True, False)
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in teacher.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def check_same_spec(model: nn.Module, teacher: nn.Module) -> None:

@@ -277,6 +277,10 @@ def _iterative(base: nn.Module, config: PruneConfig, layers: list[str], ratios: 
     fp = {"config": config.to_dict(), "layers": layers, "ratios": ratios}
     if loss_fn is not None:  # cycles fine-tuned with a teacher are not those of a run without
         fp["loss"] = "kd" if hasattr(loss_fn, "teacher") else "custom"
+        if hasattr(loss_fn, "teacher"):  # and cycles of one teacher are not those of another
+            from edgeopt.prune.recovery import teacher_fingerprint
+
+            fp["teacher"] = teacher_fingerprint(loss_fn.teacher)
     fp = json.loads(json.dumps(fp))
     warnings: list[str] = []
     out_dir = Path(out_dir) if out_dir is not None else None
