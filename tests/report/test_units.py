@@ -18,7 +18,9 @@ def test_sizes_are_mb_of_10_6_bytes_and_memory_is_mib():
     cell = dict(zip(headers, rows[0]))
     assert cell["size MB"] == "2.500" and cell["gzip MB"] == "1.000"  # 2,500,000 bytes, not 2.384 MiB
     assert cell["peak MiB"] == "64.0" and "peak MB" not in headers
+    # the runtime's own baseline apart from the model's share (issue 12: torch alone is ~700 MiB)
+    assert (cell["runtime MiB"], cell["model MiB"]) == ("60.0", "4.0")
     compact, _ = variant_rows(_results(), compact=True)
-    assert "size MB" in compact and "peak MiB" in compact
+    assert "size MB" in compact and "model MiB" in compact
     md = render_markdown(_results())
     assert "MB of 10^6 bytes" in md and "peak MiB" in md
