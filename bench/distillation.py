@@ -27,14 +27,17 @@ and ``distill.json`` beside it), so an interrupted run resumes; ``--force NAME,.
 cells. The results go to ``bench/results/<table>.json`` and ``docs/benchmarks.md`` with
 the machine (``bench/_common.save``).
 
-Usage (2 CPU threads; the times are estimates for an otherwise idle 2-core machine, from the
-training throughputs recorded in bench/results: simple_cnn ~100-140 images/s on Fashion-MNIST,
-MobileNetV2 ~140 images/s on CIFAR-10; expect +-50 %, and much more beside other jobs):
-    # Fashion-MNIST: teacher 6 epochs (~1.5 h), then 6 variants + baseline, 5 epochs each,
-    # 3 seeds (~6 h; feature and progressive are the slow ones)
-    python bench/distillation.py --steps fmnist --epochs 5 --teacher-epochs 6 --seeds 3
+Usage (2 CPU threads; measured on a 2-core AMD EPYC with other benchmarks beside it: cnn_teacher
+trains at ~160-300 images/s (5 epochs: 30 min), cnn_student at ~2,300 images/s; MobileNetV2
+~140 images/s on CIFAR-10):
+    # Fashion-MNIST, the table in docs/distillation.md: teacher 5 epochs, then every variant and
+    # the baseline on 5,000 training images, 20 epochs each, 3 seeds (~45 min after the teacher)
+    python bench/distillation.py --steps fmnist --student-images 5000 --epochs 20 --teacher-epochs 5 --seeds 3
+    # the same students on all 54,000 images, 5 epochs (response + dkd: ~25 min; feature and
+    # progressive are the slow ones)
+    python bench/distillation.py --steps fmnist --epochs 5 --teacher-epochs 5 --seeds 3 --variants response,dkd
     # pruning recovered with KD vs plain fine-tuning (reuses the Fashion-MNIST teacher; ~2 h)
-    python bench/distillation.py --steps prune --prune-epochs 2 --seeds 3
+    python bench/distillation.py --steps prune --prune-epochs 2 --seeds 3 --teacher-epochs 5
     # CIFAR-10 JPEG copy: MobileNetV2 pair (teacher ~1.5 h unless --teacher-checkpoint,
     # students ~3 h)
     python bench/distillation.py --steps cifar --cifar-epochs 5 --cifar-teacher-epochs 15 --seeds 3 \\
@@ -368,7 +371,7 @@ def main() -> None:
                     help="fmnist: students (and their baseline) train on this many training images, the same "
                          "number per class (the teacher on all); results in <out-dir>/fmnist/students_N and table "
                          "distillation_fmnist_N")
-    ap.add_argument("--teacher-epochs", type=int, default=6, help="fmnist: cnn_teacher training epochs")
+    ap.add_argument("--teacher-epochs", type=int, default=5, help="fmnist: cnn_teacher training epochs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="fmnist: methods to run")
     ap.add_argument("--cifar-data", default="imagefolder:../shared/data/cifar10-jpeg")
