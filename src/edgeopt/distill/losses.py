@@ -60,12 +60,14 @@ def kd_warmup_weight(epoch: float | None, warmup_epochs: float) -> float:
     return min(max(float(epoch), 0.0) / float(warmup_epochs), 1.0)
 
 
-def _with_weight(out: dict, config: DistillConfig, w: float) -> dict:
-    """``out`` with the warm-up multiplier as ``kd_weight`` when a warm-up is set (logged
-    as ``train_kd_weight``); without one the parts are unchanged."""
-    if config.kd_warmup_epochs > 0:
-        out["kd_weight"] = torch.tensor(w)
-    return out
+def _mix(kd: torch.Tensor, task: torch.Tensor, config: DistillConfig,
+         epoch: float | None) -> tuple[torch.Tensor, dict]:
+    """``w * alpha * kd + (1 - alpha) * task`` (elementwise), the one mixing every KD loss
+    uses, and the extra parts: ``kd_weight`` (the warm-up multiplier ``w``, logged as
+    ``train_kd_weight``) when a warm-up is set, else none."""
+    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
+    loss = w * config.alpha * kd + (1.0 - config.alpha) * task
+    return loss, ({"kd_weight": torch.tensor(w)} if config.kd_warmup_epochs > 0 else {})
 
 
 @KD_LOSSES.register("response", help="Hinton KD: alpha T^2 KL(teacher/T || student/T) + (1-alpha) CE")
@@ -85,10 +87,8 @@ def response_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y:
     """
     task = F.cross_entropy(student_logits.float(), y)
     kd = kd_kl(student_logits, teacher_logits, config.temperature)
-    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
-    loss = w * config.alpha * kd + (1.0 - config.alpha) * task
-    return _with_weight({"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(),
-                         "logits": student_logits}, config, w)
+    loss, warm = _mix(kd, task, config, epoch)
+    return {"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(), "logits": student_logits, **warm}
 
 
 def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
@@ -157,11 +157,9 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torc
     task = F.cross_entropy(student_logits.float(), y)
     tckd, nckd = dkd_parts(student_logits, teacher_logits, y, config.temperature)
     kd = config.dkd_alpha * tckd + config.dkd_beta * nckd
-    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
-    loss = w * config.alpha * kd + (1.0 - config.alpha) * task
-    return _with_weight({"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(),
-                         "tckd": tckd.detach(), "nckd": nckd.detach(), "logits": student_logits},
-                        config, w)
+    loss, warm = _mix(kd, task, config, epoch)
+    return {"loss": loss, "task_loss": task.detach(), "kd_loss": kd.detach(),
+            "tckd": tckd.detach(), "nckd": nckd.detach(), "logits": student_logits, **warm}
 
 
 def mutual_loss(peer_logits: Sequence[torch.Tensor], y: torch.Tensor, config: DistillConfig,
@@ -189,10 +187,9 @@ def mutual_loss(peer_logits: Sequence[torch.Tensor], y: torch.Tensor, config: Di
         tasks.append(F.cross_entropy(z.float(), y))
         kds.append(torch.stack(others).mean())
     task, kd = torch.stack(tasks), torch.stack(kds)
-    w = kd_warmup_weight(epoch, config.kd_warmup_epochs)
-    loss = (w * config.alpha * kd + (1.0 - config.alpha) * task).sum()
-    return _with_weight({"loss": loss, "task_loss": task.mean().detach(), "kd_loss": kd.mean().detach(),
-                         "logits": peer_logits[0]}, config, w)
+    loss, warm = _mix(kd, task, config, epoch)
+    return {"loss": loss.sum(), "task_loss": task.mean().detach(), "kd_loss": kd.mean().detach(),
+            "logits": peer_logits[0], **warm}
 
 
 def get_kd_loss(name: str):

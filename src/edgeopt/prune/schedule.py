@@ -275,12 +275,12 @@ def _iterative(base: nn.Module, config: PruneConfig, layers: list[str], ratios: 
     numel = {name: base.get_submodule(name).weight.numel() for name in layers}
     macs0 = _macs(base) if structured else None
     fp = {"config": config.to_dict(), "layers": layers, "ratios": ratios}
-    if loss_fn is not None:  # cycles fine-tuned with a teacher are not those of a run without
-        fp["loss"] = "kd" if hasattr(loss_fn, "teacher") else "custom"
-        if hasattr(loss_fn, "teacher"):  # and cycles of one teacher are not those of another
-            from edgeopt.prune.recovery import teacher_fingerprint
+    if hasattr(loss_fn, "teacher"):  # cycles fine-tuned with a teacher (this one) are not others'
+        from edgeopt.prune.recovery import teacher_fingerprint
 
-            fp["teacher"] = teacher_fingerprint(loss_fn.teacher)
+        fp["loss"], fp["teacher"] = "kd", teacher_fingerprint(loss_fn.teacher)
+    elif loss_fn is not None:
+        fp["loss"] = "custom"
     fp = json.loads(json.dumps(fp))
     warnings: list[str] = []
     out_dir = Path(out_dir) if out_dir is not None else None

@@ -103,6 +103,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.global_step = 0
         self.epoch = 0
+        self.steps_per_epoch = 0  # set by fit(): optimizer steps per epoch (this rank's, capped)
 
     # -- overridable pieces --------------------------------------------------------------
     def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -231,6 +232,7 @@ class Trainer:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
         if steps_per_epoch == 0:
             raise ConfigError(f"the train split of '{data.name}' is empty; nothing to train on")
+        self.steps_per_epoch = steps_per_epoch
 
         self.optimizer = build_optimizer(model, cfg)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
