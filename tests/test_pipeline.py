@@ -1,4 +1,4 @@
-"""The demo pipeline end to end on the real digits data, and its step cache."""
+"""The demo (the shipped recipe recipes/demo.yaml) end to end on the real digits data."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import json
 import pytest
 
 from edgeopt.errors import ConfigError
-from edgeopt.pipeline import EvalConfig, RunConfig, run
+from edgeopt.recipe import parse_recipe, run_recipe
+from edgeopt.recipe.demo import demo_recipe
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = RunConfig(out_dir=str(out), eval=EvalConfig(latency_runs=100), progress=False)
-    return out, cfg, run(cfg)
+    recipe = demo_recipe(out_dir=str(out))
+    return out, recipe, run_recipe(recipe, progress=False)
 
 
 def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
     _, _, results = demo_run
-    by_runtime = {v["runtime"]: v for v in results["variants"] if v["name"] in ("fp32 torch", "fp32 onnx")}
+    by_runtime = {v["runtime"]: v for v in results["variants"] if v["name"] in ("baseline torch", "baseline onnx")}
     assert set(by_runtime) == {"torch", "onnxruntime"}
     for v in by_runtime.values():
         assert v["accuracy"]["top1"] >= 0.95, v["accuracy"]
@@ -36,10 +37,10 @@ def test_demo_baseline_reaches_95_percent_on_digits_in_both_runtimes(demo_run):
 
 def test_demo_int8_variants_lose_at_most_1_point_and_agree_with_their_reference(demo_run):
     _, _, results = demo_run
-    fp32 = next(v for v in results["variants"] if v["name"] == "fp32 torch")
+    fp32 = next(v for v in results["variants"] if v["name"] == "baseline torch")
     int8 = {v["name"]: v for v in results["variants"]
-            if v["precision"] == "int8" and not v["name"].startswith(("pruned", "cnn_student"))}
-    assert set(int8) == {"int8 onnxruntime", "int8 torch-x86"}
+            if v["precision"] == "int8" and not v["name"].startswith(("pruned", "student"))}
+    assert set(int8) == {"int8", "int8 torch"}
     for v in int8.values():
         assert v["accuracy"]["top1"] >= fp32["accuracy"]["top1"] - 0.01, (v["name"], v["accuracy"])
         assert v["quantization"]["agreement"]["top1_agreement"] >= 0.99
@@ -50,9 +51,9 @@ def test_demo_int8_variants_lose_at_most_1_point_and_agree_with_their_reference(
 def test_demo_pruned_variants_are_smaller_and_within_2_5_points(demo_run):
     out, _, results = demo_run
     by_name = {v["name"]: v for v in results["variants"]}
-    fp32, parent = by_name["fp32 torch"], by_name["fp32 onnx"]
-    pruned = by_name["pruned structured 50% onnx"]
-    both = by_name["pruned structured 50% + int8 onnxruntime"]
+    fp32, parent = by_name["baseline torch"], by_name["baseline onnx"]
+    pruned = by_name["pruned 50"]
+    both = by_name["pruned 50 + int8"]
     # half the channels of the middle layers: about a third of the parameters and MACs stay
     assert pruned["pruning"]["params_after"] <= 0.4 * pruned["pruning"]["params_before"]
     assert pruned["macs"]["total_macs"] <= 0.4 * parent["macs"]["total_macs"]
@@ -61,7 +62,9 @@ def test_demo_pruned_variants_are_smaller_and_within_2_5_points(demo_run):
     assert pruned["accuracy"]["top1"] >= fp32["accuracy"]["top1"] - 0.025, pruned["accuracy"]
     assert both["accuracy"]["top1"] >= pruned["accuracy"]["top1"] - 0.01, both["accuracy"]
     assert both["size"]["bytes"] <= 0.35 * pruned["size"]["bytes"]
-    assert (out / "artifacts" / f"{pruned['pruning']['checkpoint']}").is_file()
+    # the two variants share the pruning step (one folder, one checkpoint)
+    assert len(list((out / "steps").glob("prune-*/model.safetensors"))) == 1
+    assert [s["step"] for s in both["lineage"]] == ["train", "prune", "quantize"]
     assert any("per-layer channels" in f["title"] for f in results["figures"])
 
 
@@ -73,8 +76,8 @@ def test_demo_distilled_student_is_measured_beside_the_same_student_trained_alon
 
     out, _, results = demo_run
     by_name = {v["name"]: v for v in results["variants"]}
-    fp32, fp32_onnx = by_name["fp32 torch"], by_name["fp32 onnx"]
-    student, alone = by_name["cnn_student distilled onnx"], by_name["cnn_student trained alone onnx"]
+    fp32, fp32_onnx = by_name["baseline torch"], by_name["baseline onnx"]
+    student, alone = by_name["student"], by_name["student (trained alone)"]
     d, b = student["distillation"], alone["distillation"]
     assert (d["role"], b["role"]) == ("student", "baseline")
     assert (d["student"], d["teacher"], d["method"], d["epochs"], d["seeds"]) == (
@@ -92,10 +95,12 @@ def test_demo_distilled_student_is_measured_beside_the_same_student_trained_alon
     assert d["verdict"] in VERDICTS and d["verdict"] == (
         "gain" if d["gain"] > d["threshold"] else "loss" if d["gain"] < -d["threshold"] else "no measurable gain")
     assert d["note"] is None  # the one-seed note is gone with 3 seeds
-    summary = json.loads((out / "artifacts" / "distill_cnn_student" / "distill.json").read_text())
+    (summary_path,) = (out / "steps").glob("distill-*/distill/distill.json")
+    summary = json.loads(summary_path.read_text())
     accs = [r["student"]["test_acc"] for r in summary["runs"]]
     assert len(accs) == 3 and math.isclose(statistics.fmean(accs), d["student_mean"], abs_tol=1e-12)
-    assert (out / "artifacts" / d["checkpoint"]).is_file() and (out / "artifacts" / b["checkpoint"]).is_file()
+    step = summary_path.parent.parent
+    assert (step / "model.safetensors").is_file() and (step / "extra0.safetensors").is_file()
     report = (out / "report.md").read_text()
     assert "## Distillation" in report and f"verdict: {d['verdict']}." in report
     assert f"gain {100 * d['gain']:+.2f} points (threshold {100 * d['threshold']:.2f})" in report
@@ -107,10 +112,18 @@ def test_demo_writes_results_and_report(demo_run):
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema_version"] == results["schema_version"]
     assert len(on_disk["variants"]) == 8 and on_disk["machine"]
+    assert on_disk["recipe"]["name"] == "demo" and on_disk["baseline"] == "baseline torch"
     report = (out / "report.md").read_text()
-    assert "| fp32 torch |" in report and "| fp32 onnx |" in report and "| int8 onnxruntime |" in report
-    assert "| pruned structured 50% onnx |" in report
-    assert "| cnn_student distilled onnx |" in report and "| cnn_student trained alone onnx |" in report
+    for name in ("baseline torch", "baseline onnx", "int8", "int8 torch", "pruned 50", "pruned 50 + int8",
+                 "student", "student (trained alone)"):
+        assert f"| {name}" in report, name
+    # the demo's constraints (max_drop 1 point, max 0.5 MB) name a variant, and it meets them
+    choice = on_disk["choice"]
+    assert choice["chosen"] in choice["meets"] and choice["failures"] == []
+    chosen = next(v for v in on_disk["variants"] if v["name"] == choice["chosen"])
+    base = on_disk["variants"][0]["accuracy"]["top1"]
+    assert 100 * (base - chosen["accuracy"]["top1"]) <= 1.0 and chosen["size"]["bytes"] <= 0.5e6
+    assert choice["chosen"] in report
     # the int8 weight/activation histograms and the pruning figures (channel bars, weights
     # before/after) are embedded in the report
     assert "## Figures" in report and len(on_disk["figures"]) == 4
@@ -121,23 +134,22 @@ def test_demo_writes_results_and_report(demo_run):
     assert not list(out.rglob("*.tmp")), "no half-written files are left behind"
 
 
-def test_rerun_reuses_the_finished_training_step(demo_run, capsys):
-    _, cfg, results = demo_run
-    again = run(cfg.replace(progress=True, eval=EvalConfig(latency_runs=5, memory=False)))
-    assert "reusing finished training" in capsys.readouterr().err
-    first = {v["runtime"]: v["accuracy"]["top1"] for v in results["variants"]}
-    assert {v["runtime"]: v["accuracy"]["top1"] for v in again["variants"]} == first
+def test_rerun_reuses_every_finished_step(demo_run, capsys):
+    out, recipe, results = demo_run
+    again = run_recipe(recipe, progress=True)
+    err = capsys.readouterr().err
+    assert "baseline: cached" in err and ": running" not in err
+    assert [v["accuracy"]["top1"] for v in again["variants"]] == [v["accuracy"]["top1"] for v in results["variants"]]
 
 
-def test_distill_entries_are_checked_before_any_work_and_can_be_switched_off():
+def test_distill_entries_are_checked_before_any_work():
+    base = {"data": {"name": "digits"}, "baseline": {"train": {"epochs": 1}}}
     with pytest.raises(ConfigError, match="needs 'student'"):
-        RunConfig(distill=({"method": "response"},))
+        parse_recipe({**base, "variants": {"s": [{"distill": {"method": "response"}}]}})
     with pytest.raises(ConfigError, match="alpha"):
-        RunConfig(distill=({"student": "cnn_student", "alpha": 2.0},))
-    assert RunConfig(distill=()).distill == ()
-    assert RunConfig().distill[0]["student"] == "cnn_student"
+        parse_recipe({**base, "variants": {"s": [{"distill": {"student": "cnn_student", "alpha": 2.0}}]}})
 
 
 def test_unknown_format_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown format"):
-        RunConfig(formats=("no-such-format",))
+        parse_recipe({"data": {"name": "digits"}, "target": {"formats": ["no-such-format"]}, "variants": {}})

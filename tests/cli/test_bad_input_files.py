@@ -255,7 +255,9 @@ def test_ctrl_c_says_the_truth_for_each_command(capsys, monkeypatch, tmp_path):
     assert code == 130 and one_line(err).startswith("interrupted before the first checkpoint")
     assert not (tmp_path / "t" / ".edgeopt.lock").exists()
 
-    monkeypatch.setattr(edgeopt.pipeline, "_train_or_load", interrupt)
+    import edgeopt.recipe.runner
+
+    monkeypatch.setattr(edgeopt.recipe.runner._Run, "baseline", interrupt)
     code, _, err = run_cli(capsys, "demo", "--out-dir", str(tmp_path / "d"))
     line = one_line(err)
     assert code == 130 and "--resume" not in line and "re-run the same command" in line, line

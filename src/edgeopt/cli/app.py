@@ -341,47 +341,13 @@ def _show_variants(rows: list[dict], json_out: bool, title: str) -> None:
     print("(all columns: --json, or the report files)")
 
 
-# ---------------------------------------------------------------------------------- demo
-@app.command()
-def demo(
-    out_dir: Annotated[Optional[str], typer.Option(help="Where results.json and report.md go.")] = None,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    model: Annotated[Optional[str], typer.Option(help="Model to train (default simple_cnn).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Inference threads for the measurements.")] = None,
-    latency_runs: Annotated[Optional[int], typer.Option(help="Timed latency runs per variant.")] = None,
-    trust_model_code: TrustOpt = False,
-    config: ConfigOpt = None,
-    dump: DumpOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """The main job: train a baseline on digits, export to ONNX, quantize to int8, prune (structured, then
-    int8), distil a small student (beside the same student trained alone), measure every variant on its
-    artifact, write the report."""
-    from edgeopt.config import load_mapping
-    from edgeopt.pipeline import RunConfig, run
-
-    _trust(trust_model_code, model)
-    base = RunConfig.from_dict(load_mapping(config)) if config else RunConfig()
-    d = base.to_dict()
-    d.update(drop_none({"out_dir": out_dir}))
-    d["data"] = _data_config(base.data, data, data_root, None).to_dict()
-    d["model"].update(drop_none({"name": model}))
-    d["train"].update(drop_none({"epochs": epochs}))
-    d["eval"].update(drop_none({"threads": threads, "latency_runs": latency_runs}))
-    d["progress"] = not json_out and base.progress
-    cfg = RunConfig.from_dict(d)
-    if dump:
-        dump_config(cfg)
-        return
-    results = run(cfg)
-    if json_out:
-        emit_json(results)
-        return
-    _show_variants(results["variants"], False, title=f"edgeopt demo ({cfg.data.name}, {cfg.model.name})")
-    print(f"report: {Path(cfg.out_dir) / 'report.md'}  results: {Path(cfg.out_dir) / 'results.json'}")
-
-
 # The other commands live in their own modules, each registering on ``app`` when imported.
-from edgeopt.cli import distill_cmd, import_cmd, listings, prune_cmd, quantize_cmds  # noqa: E402,F401  (registers commands)
+from edgeopt.cli import (  # noqa: E402,F401  (registers commands)
+    distill_cmd,
+    import_cmd,
+    listings,
+    optimize_cmd,
+    prune_cmd,
+    quantize_cmds,
+    run_cmd,
+)

@@ -1,4 +1,4 @@
-"""``edgeopt models | datasets | runtimes | formats | presets``: what is registered and installed here."""
+"""``edgeopt models | datasets | runtimes | formats | presets | steps``: what is registered and installed here."""
 
 from __future__ import annotations
 
@@ -74,3 +74,11 @@ def presets(json_out: JsonOpt = False) -> None:
                   ", ".join(f"{k} {r['settings'][k]}" for k in keys if k in r["settings"])] for r in rows])
     for r in rows:
         print(f"{r['name']}: " + "; ".join(r["sources"]))
+
+
+@app.command()
+def steps(json_out: JsonOpt = False) -> None:
+    """List the steps a recipe's variants chain (edgeopt run; docs/recipes.md)."""
+    from edgeopt.recipe import STEPS
+
+    _list_registry(STEPS, "recipe steps", "step", json_out)

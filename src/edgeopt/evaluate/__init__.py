@@ -22,6 +22,7 @@ Example:
 """
 
 from edgeopt.evaluate.accuracy import AccuracyResult, evaluate_accuracy
+from edgeopt.evaluate.constraints import Constraints, apply_choice, choose
 from edgeopt.evaluate.energy import EnergyEstimate, estimate_energy
 from edgeopt.evaluate.latency import (
     LatencyConfig,
@@ -47,6 +48,7 @@ from edgeopt.evaluate.variant import evaluate_variant
 __all__ = [
     "RESULTS_SCHEMA_VERSION",
     "AccuracyResult",
+    "Constraints",
     "EnergyEstimate",
     "LatencyConfig",
     "LatencyResult",
@@ -54,6 +56,8 @@ __all__ = [
     "MemoryResult",
     "SizeResult",
     "add_variant",
+    "apply_choice",
+    "choose",
     "count_macs",
     "estimate_energy",
     "evaluate_accuracy",

@@ -119,3 +119,16 @@ class QuantConfig(Config):
             )
         if self.max_drop is not None and self.method == "dynamic":
             raise ConfigError("QuantConfig.max_drop (automatic mixed precision) needs method static or qat")
+
+
+def quant_variant_name(q: QuantConfig) -> str:
+    """``int8 onnxruntime``, ``int8 torch-x86``, ``int8 qat litert``... (static is the default).
+
+    Example:
+        >>> quant_variant_name(QuantConfig(backend="torch", engine="x86"))
+        'int8 torch-x86'
+    """
+    engine = f"-{q.engine}" if q.backend == "torch" else ""
+    extra = "" if q.per_channel else " per-tensor"
+    method = "" if q.method == "static" else f" {q.method}"
+    return f"int8{method} {q.backend}{engine}{extra}"
