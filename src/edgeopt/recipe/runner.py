@@ -154,7 +154,8 @@ class _Run:
             if b.train is not None:
                 from edgeopt.train import Trainer
 
-                tcfg = b.train_config().replace(out_dir=str(d / "train"), resume=True, progress=self.progress)
+                tcfg = b.train_config().replace(out_dir=str(d / "train"), progress=self.progress,
+                                                resume=(d / "train" / "train_state.pt").is_file())
                 self.log(f"baseline: training {mcfg.name} on {data.name} for {tcfg.epochs} epochs")
                 res = Trainer(tcfg).fit(model, data)
                 model, _ = load_checkpoint(res.best_path)

@@ -196,7 +196,8 @@ def _fit(ctx: StepContext, model: Any, tcfg: Any, callbacks=()) -> Any:
     from edgeopt.train import Trainer
 
     # resumable inside the step: a killed fine-tuning continues from its last epoch
-    tcfg = tcfg.replace(out_dir=str(ctx.step_dir / "train"), resume=True, progress=ctx.progress)
+    out = ctx.step_dir / "train"
+    tcfg = tcfg.replace(out_dir=str(out), resume=(out / "train_state.pt").is_file(), progress=ctx.progress)
     Trainer(tcfg, callbacks=list(callbacks)).fit(model, ctx.data)
     return model.eval()
 
