@@ -66,7 +66,7 @@ def test_every_variant_is_measured_with_the_baseline_and_a_choice(tiny_run):
     assert [s["step"] for s in by["pruned int8"]["lineage"]] == ["train", "prune", "finetune", "quantize"]
     assert res["constraints"]["max_drop"] == 5.0
     assert res["choice"]["chosen"] in names
-    for f in ("results.json", "report.md", "report.html"):
+    for f in ("results.json", "report.md", "report.html", "baseline.safetensors", "baseline.json"):
         assert (tmp / "out" / f).is_file()
 
 

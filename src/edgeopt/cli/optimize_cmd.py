@@ -61,7 +61,7 @@ def optimize(
     Exit codes: 0 a variant was chosen; 3 none meets the constraints (each failing
     constraint is printed with how much it misses and the closest variant); 2 bad input.
 
-    Example: edgeopt optimize runs/demo/train/best.safetensors --max-latency-ms 0.5 --min-accuracy 0.95
+    Example: edgeopt optimize runs/demo/baseline.safetensors --max-latency-ms 0.5 --min-accuracy 0.95
     """
     from edgeopt.optimize import optimize as run_optimize
 

@@ -82,7 +82,7 @@ def prune(
     KD, --kd-temperature, --kd-alpha) as well as the labels; CKPT is usually the unpruned
     checkpoint itself.
 
-    Example: edgeopt prune runs/demo/train/best.safetensors --method structured --ratio 0.5 --finetune-epochs 2
+    Example: edgeopt prune runs/demo/baseline.safetensors --method structured --ratio 0.5 --finetune-epochs 2
     """
     from edgeopt.prune.jobs import prune_checkpoint
 

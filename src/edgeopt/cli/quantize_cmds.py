@@ -68,7 +68,7 @@ def quantize(
     held-out images), layers left float are listed, and with --eval accuracy, latency and
     size are measured on the artifact itself next to fp32.
 
-    Example: edgeopt quantize runs/demo/train/best.safetensors --calibration entropy --max-drop 0.5
+    Example: edgeopt quantize runs/demo/baseline.safetensors --calibration entropy --max-drop 0.5
     """
     from edgeopt.quantize.jobs import quantize_checkpoint
 
@@ -136,7 +136,7 @@ def scan(
     --prune: points lost with only this layer pruned at each sparsity, and the recommended
     sparsity under --threshold; the table it writes feeds `edgeopt prune --table`.
 
-    Example: edgeopt scan runs/demo/train/best.safetensors --prune --sparsities 0.5,0.7,0.9
+    Example: edgeopt scan runs/demo/baseline.safetensors --prune --sparsities 0.5,0.7,0.9
     """
     from edgeopt.errors import ConfigError
     from edgeopt.quantize.jobs import scan_checkpoint

@@ -102,7 +102,7 @@ def optimize(checkpoint: str | Path, config: OptimizeConfig, data: Any = None, p
         >>> from edgeopt.evaluate import Constraints
         >>> cfg = OptimizeConfig(constraints=Constraints(max_latency_ms=2.0, min_accuracy=0.95),
         ...                      out_dir="runs/opt", budget="quick")
-        >>> res = optimize("runs/demo/train/best.safetensors", cfg)  # doctest: +SKIP
+        >>> res = optimize("runs/demo/baseline.safetensors", cfg)  # doctest: +SKIP
         >>> res.message  # doctest: +SKIP
         'chosen: int8 onnxruntime — meets max_latency_ms (0.0512 ms <= 2.0) and min_accuracy (97.5 % >= 95.0 %)'
     """

@@ -315,6 +315,22 @@ def run_recipe(recipe: Recipe, *, out_dir: str | Path | None = None, only: list[
         raise
 
 
+def _publish_baseline(run: "_Run", key: str, loader: Callable[[], Any]) -> None:
+    """Save the baseline at a stable name, ``out_dir/baseline.safetensors`` (what ``edgeopt
+    quantize``, ``prune``... are pointed at), unless it is already this baseline."""
+    from edgeopt.models import save_checkpoint
+
+    dst = run.out / "baseline.json"
+    try:
+        if json.loads(dst.read_text()).get("extra", {}).get("recipe_step") == key:
+            return
+    except (OSError, ValueError):
+        pass
+    model = run.model(key, loader)
+    save_checkpoint(run.out / "baseline", model, lineage=list(getattr(model, "edgeopt_lineage", []) or []),
+                    extra={"recipe_step": key})
+
+
 def _run(recipe: Recipe, out: Path, progress: bool) -> dict[str, Any]:
     from edgeopt.evaluate import new_results, save_results
     from edgeopt.evaluate.constraints import apply_choice
@@ -324,6 +340,7 @@ def _run(recipe: Recipe, out: Path, progress: bool) -> dict[str, Any]:
     run = _Run(recipe, out, progress)
     bkey, bload = run.baseline()
     bdir = step_dir(out, "baseline", bkey)
+    _publish_baseline(run, bkey, bload)
     run.model_rows(BASELINE_NAME, None, bdir, bkey, bload, {}, eager=recipe.target.eager)
     for vname, steps in recipe.variants.items():
         key, loader = bkey, bload
