@@ -165,8 +165,8 @@ def test_out_dir_gets_checkpoints_and_json(make_student, teacher, digits_data, t
     cfg = DistillConfig(epochs=1, batch_size=64, out_dir=str(tmp_path / "kd"))
     r = distill(make_student(), teacher, cfg, digits_data, progress=False)
     names = sorted(p.name for p in (tmp_path / "kd").iterdir())
-    assert names == ["baseline.json", "baseline.safetensors", "distill.json", "student.json",
-                     "student.safetensors"]
+    assert names == ["baseline.json", "baseline.safetensors", "distill.json", "runs", "student.json",
+                     "student.safetensors"]  # runs/: the per-seed arms a re-run resumes from
     saved = json.loads((tmp_path / "kd" / "distill.json").read_text())
     assert saved["summary"] == pytest.approx(r.summary) and saved["config"]["method"] == "response"
     model = make_student()

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeopt.distill._resume import ArmStore, data_fingerprint, fingerprint
 from edgeopt.distill._run import ArmRun, accuracy, device_of, reinit, train_arm
 from edgeopt.distill.config import DistillConfig
 from edgeopt.distill.methods import DISTILL_METHODS
@@ -148,9 +150,16 @@ def distill(student: nn.Module, teacher: nn.Module | None, config: DistillConfig
         data: the DataModule (train to train, val to choose the best epoch, test to report).
         progress: the Trainer's progress output.
 
+    With ``config.out_dir`` a long run resumes: each arm of each seed is saved to
+    ``out_dir/runs/seed{N}/`` as soon as it finishes, with a fingerprint of the config (less
+    ``out_dir``, ``threads``, ``seed``, ``seeds``, ``baseline``), the seed's starting weights,
+    the teacher's weights and the data; a re-run reuses the arms of the same fingerprint
+    and trains the others, each from the Trainer's last finished epoch when it was killed
+    mid-way (see :mod:`edgeopt.distill._resume`).
+
     Returns:
         A :class:`DistillResult`; with ``out_dir``, ``student``/``baseline`` checkpoints and
-        ``distill.json`` are written there (atomically).
+        ``distill.json`` are written there (atomically), beside ``runs/``.
 
     Raises:
         ConfigError: a teacher or student that does not fit the data, a missing teacher,
@@ -180,11 +189,22 @@ def distill(student: nn.Module, teacher: nn.Module | None, config: DistillConfig
     ctx: dict[str, Any] = {"info": {}}
     runs: list[dict[str, Any]] = []
     first: tuple[ArmRun, ArmRun | None] | None = None
+    data_fp = data_fingerprint(data) if config.out_dir else None
+    reused: list[str] = []
     for k in range(config.seeds):
         seed = config.seed + k
         start = student if config.init == "given" else reinit(student, seed)
-        arm = method(copy.deepcopy(start), teacher, config, data, seed, progress, ctx)
-        base = (train_arm(copy.deepcopy(start), config, data, seed, None, progress, "baseline (no teacher)")
+        store = ArmStore(config.out_dir, seed, fingerprint(config, start, teacher, data_fp, seed)) \
+            if config.out_dir else None
+
+        def train_distilled(model: nn.Module, seed: int = seed) -> ArmRun:
+            return method(model, teacher, config, data, seed, progress, ctx)
+
+        def train_baseline(model: nn.Module, seed: int = seed) -> ArmRun:
+            return train_arm(model, config, data, seed, None, progress, "baseline (no teacher)")
+
+        arm = _run_arm("student", train_distilled, start, store, k == 0, progress, ctx, reused, config)
+        base = (_run_arm("baseline", train_baseline, start, store, k == 0, progress, ctx, reused, config)
                 if config.baseline else None)
         runs.append({"seed": seed, "student": arm.record(),
                      "baseline": base.record() if base is not None else None})
@@ -197,6 +217,8 @@ def distill(student: nn.Module, teacher: nn.Module | None, config: DistillConfig
                         f"trained alone ({summary['baseline_mean']:.4f}); train the teacher longer")
     info = dict(ctx["info"])
     info["init"] = config.init
+    if config.out_dir:
+        info["reused_arms"] = reused
     arm, base = first
     result = DistillResult(
         model=arm.model.to(home).eval(),
@@ -207,6 +229,35 @@ def distill(student: nn.Module, teacher: nn.Module | None, config: DistillConfig
     if config.out_dir:
         save_result(result, config.out_dir)
     return result
+
+
+def _run_arm(name: str, train: Any, start: nn.Module, store: ArmStore | None, need_model: bool,
+             progress: bool, ctx: dict[str, Any], reused: list[str], config: DistillConfig) -> ArmRun:
+    """Train one arm from a copy of ``start``, or reuse it from ``store`` when it finished
+    under the same fingerprint; a trained arm is saved to ``store`` at once. Without a
+    store: train. The model of a reused arm is loaded only when ``need_model`` (first seed)."""
+    seed = store.fp["seed"] if store is not None else None
+    saved = store.load(name) if store is not None else None
+    if saved is not None:
+        if progress:
+            print(f"distill: seed {seed} {name}: reused from {store.path(name)}", file=sys.stderr, flush=True)
+        reused.append(f"seed {seed} {name}")
+        for key, value in (saved.get("info") or {}).items():
+            ctx["info"].setdefault(key, value)
+        record = dict(saved["record"])
+        model = store.load_model(name, copy.deepcopy(start)) if need_model else start
+        core = {k: record.pop(k) for k in ("test_acc", "val_acc", "history", "best_epoch")}
+        return ArmRun(model=model, extra=record, **core)
+    if store is None:
+        return train(copy.deepcopy(start))
+    t0 = time.perf_counter()
+    with store.training(name):
+        run = train(copy.deepcopy(start))
+    step = ({"step": "distill", "arm": name, "method": config.method, "seed": seed}
+            if name == "student" else {"step": "train", "arm": "distill baseline", "seed": seed})
+    store.save(name, run.model, run.record(), time.perf_counter() - t0,
+               dict(ctx["info"]) if name == "student" else None, step)
+    return run
 
 
 def save_result(result: DistillResult, out_dir: str | Path) -> dict[str, Path]:

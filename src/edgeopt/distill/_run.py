@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeopt.distill._resume import current_train_dir
 from edgeopt.distill.config import DistillConfig
 from edgeopt.errors import ConfigError, EdgeoptError
 from edgeopt.train import Trainer
@@ -102,7 +103,8 @@ def train_arm(model: nn.Module, config: DistillConfig, data: Any, seed: int, los
     Trainer sees, so the teacher logits cache applies. A loss with an ``epoch`` attribute
     is told the training progress before each step (:class:`ProgressTrainer`), for the KD
     warm-up. With ``progress``, a line naming the run (``label``) goes to stderr before
-    the Trainer's own output.
+    the Trainer's own output. Inside an arm of :func:`~edgeopt.distill.distill` with
+    ``out_dir`` the Trainer checkpoints into the arm's folder and resumes from it.
     """
     if progress and label:
         print(f"distill: {label}, seed {seed}", file=sys.stderr, flush=True)
@@ -111,18 +113,39 @@ def train_arm(model: nn.Module, config: DistillConfig, data: Any, seed: int, los
     keep = KeepBest() if has_val else None
     fit_data = loss_fn.data(data) if hasattr(loss_fn, "data") else data
     train_cfg, callbacks = config.to_train_config(seed, progress), [keep] if keep is not None else []
+    train_dir = current_train_dir()  # inside distill()'s arms with out_dir: checkpoint, resume
+    resumed = False
+    if train_dir is not None:
+        resumed = train_dir[1]
+        train_cfg = train_cfg.replace(out_dir=train_dir[0], resume=resumed)
     if hasattr(loss_fn, "epoch"):
         trainer = ProgressTrainer(train_cfg, loss_fn=loss_fn, callbacks=callbacks)
     else:
         trainer = Trainer(train_cfg, loss_fn=loss_fn, callbacks=callbacks)
     result = trainer.fit(model, fit_data)
-    if keep is not None and keep.state is not None:
+    best_epoch = keep.epoch if keep is not None else len(result.history)
+    if resumed and keep is not None and result.best_path is not None:
+        # KeepBest saw only the epochs after the resume; the Trainer's best checkpoint follows
+        # the same rule (val_acc > best so far, kept across the resume) over all of them.
+        best_epoch = _load_trainer_best(model, result.best_path)
+    elif keep is not None and keep.state is not None:
         model.load_state_dict(keep.state)
     model.eval()
     return ArmRun(model=model, test_acc=accuracy(model, data, "test"),
                   val_acc=accuracy(model, data, "val") if has_val else None,
-                  history=result.history,
-                  best_epoch=keep.epoch if keep is not None else len(result.history))
+                  history=result.history, best_epoch=best_epoch)
+
+
+def _load_trainer_best(model: nn.Module, path) -> int | None:
+    """Load the Trainer's ``best.safetensors`` into ``model``; its epoch (1-based)."""
+    from safetensors.torch import load_file
+
+    from edgeopt.models.checkpoint import read_sidecar
+
+    state = load_file(str(path))
+    model.load_state_dict(state)
+    epoch = (read_sidecar(path).get("metrics") or {}).get("epoch")
+    return int(epoch) if epoch is not None else None
 
 
 def reinit(model: nn.Module, seed: int) -> nn.Module:

@@ -343,7 +343,9 @@ def distill_checkpoint(
                               teacher_info, data_info, t0)
         from edgeopt.distill._base import distill, save_result
 
-        result = distill(student_model, teacher_model, config, dm, progress=progress)
+        # out_dir: distill() keeps each finished seed and arm there (out/runs/seed{N}), so a killed
+        # run resumes; it also writes student/baseline/distill.json, which save_result rewrites
+        result = distill(student_model, teacher_model, config.replace(out_dir=str(out)), dm, progress=progress)
         paths = {k: str(v) for k, v in save_result(result, out).items()}
         report = {"kind": "distill", "command": command, "job": job.to_dict() if job is not None else None,
                   **result.to_dict(), "student": student_info,
