@@ -349,5 +349,6 @@ from edgeopt.cli import (  # noqa: E402,F401  (registers commands)
     optimize_cmd,
     prune_cmd,
     quantize_cmds,
+    report_cmd,
     run_cmd,
 )

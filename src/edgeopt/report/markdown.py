@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt._io import write_text_atomic
+from edgeopt.report.summary import baseline_row, choice_lines, recipe_yaml, relative
 
 # (header, function of a variant dict -> cell text). One place defines the columns, so the
 # Markdown and HTML tables and the terminal table never disagree.
@@ -105,11 +106,14 @@ COLUMNS: list[tuple[str, Any]] = [
     ("variant", lambda v: v.get("name", "?")),
     ("runtime", lambda v: v.get("runtime", "?")),
     ("top-1 %", lambda v: _fmt(_get(v, "accuracy", "top1"), ".2f", 100)),
+    ("Δ top-1", lambda v: v["_rel"]["delta"]),  # points against the baseline row
     ("p50 ms (b=1)", lambda v: _fmt(_get(v, "latency", "batch1", "median_ms"), ".3f")),
     ("p99 ms (b=1)", lambda v: _fmt(_get(v, "latency", "batch1", "p99_ms"), ".3f")),
+    ("speed-up", lambda v: v["_rel"]["speedup"]),  # baseline's batch-1 median / this one's
     ("img/s (batch)", lambda v: _fmt(_get(v, "latency", "throughput", "throughput"), ".0f")),
     ("size MB", lambda v: _fmt(_get(v, "size", "bytes"), ".3f", 1 / _MB)),
     ("gzip MB", lambda v: _fmt(_get(v, "size", "gzip_bytes"), ".3f", 1 / _MB)),
+    ("compression", lambda v: v["_rel"]["compression"]),  # baseline's file size / this one's
     ("params", lambda v: _fmt(_get(v, "size", "params"), ",.0f")),
     ("MMACs", lambda v: _fmt(_get(v, "macs", "total_macs"), ".2f", 1e-6)),
     # the process's peak splits into the runtime's own share (interpreter + libraries, loaded
@@ -123,7 +127,7 @@ COLUMNS: list[tuple[str, Any]] = [
 
 
 # The columns that fit an 80-column terminal; the files carry them all.
-COMPACT = ("variant", "top-1 %", "p50 ms (b=1)", "p99 ms (b=1)", "size MB", "model MiB", "parity")
+COMPACT = ("variant", "top-1 %", "Δ top-1", "p50 ms (b=1)", "speed-up", "size MB", "model MiB", "parity")
 
 
 def _short_parity(v: dict[str, Any]) -> str:
@@ -135,7 +139,14 @@ def variant_rows(results: dict[str, Any], compact: bool = False) -> tuple[list[s
     """Headers and one row of cell texts per variant (``compact``: the terminal's subset)."""
     cols = [(h, _short_parity if h == "parity" else f) for h, f in COLUMNS if h in COMPACT] if compact else COLUMNS
     headers = [h for h, _ in cols]
-    rows = [[str(f(v)) for _, f in cols] for v in results.get("variants", [])]
+    base = baseline_row(results)
+    chosen = (results.get("choice") or {}).get("chosen")
+    rows = []
+    for v in results.get("variants", []):
+        cells = [str(f({**v, "_rel": relative(v, base)})) for _, f in cols]
+        if chosen is not None and v.get("name") == chosen:
+            cells[0] += " ✓"  # the variant chosen under the constraints
+        rows.append(cells)
     return headers, rows
 
 
@@ -260,6 +271,13 @@ def render_markdown(
             "energies of Horowitz (ISSCC 2014), not a measurement."
         ),
     ]
+    base = baseline_row(results)
+    if base is not None:
+        lines += ["", f"Δ top-1 (points), speed-up (batch 1) and compression (file size) are against "
+                      f"**{base.get('name')}**; ✓ marks the chosen variant."]
+    chosen = choice_lines(results)
+    if chosen:
+        lines += ["", "## Choice", ""] + chosen
     warned = variant_warnings(results)
     if warned:  # right after the table: a number with a warning must not be read without it
         lines += ["", "## Warnings", ""]
@@ -270,6 +288,9 @@ def render_markdown(
     for p in plots or []:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     lines += _figures_markdown(results, base_dir)
+    recipe = recipe_yaml(results)
+    if recipe:
+        lines += ["", "## Recipe", "", "```yaml", recipe.rstrip(), "```"]
     if results.get("elapsed_s") is not None:
         lines += ["", f"Run time: {results['elapsed_s']:.1f} s."]
     return "\n".join(lines) + "\n"
@@ -286,7 +307,23 @@ def render_html(
 
     headers, rows = variant_rows(results)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(("<tr class='chosen'>" if r[0].endswith(" ✓") else "<tr>")
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    chosen = choice_lines(results)
+    choice_html = ""
+    if chosen:
+        import re
+
+        def _bold(t: str) -> str:
+            return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(t))
+
+        items = [c for c in chosen if c.startswith("- ")]
+        text = [c for c in chosen if not c.startswith("- ")]
+        choice_html = ("<h2>Choice</h2>" + "".join(f"<p class='choice'>{_bold(t)}</p>" for t in text)
+                       + ("<ul>" + "".join(f"<li>{_bold(i[2:])}</li>" for i in items) + "</ul>" if items else ""))
+    recipe = recipe_yaml(results)
+    recipe_html = (f"<details><summary>Recipe</summary><pre>{html.escape(recipe)}</pre></details>"
+                   if recipe else "")
     imgs = "".join(
         f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         for p in plot_pngs
@@ -298,7 +335,7 @@ def render_html(
     if distilled:
         warned += f"<h2>Distillation</h2><ul>{distilled}</ul>"
     style = (
-        ".warnings li{color:#8a4b00}"
+        ".warnings li{color:#8a4b00}tr.chosen td{background:#e6f4ea;font-weight:600}"
         "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,td:nth-child(2){text-align:left}img{max-width:48%;margin:1em 1% 0 0}"
@@ -312,8 +349,8 @@ def render_html(
         f"<p>{html.escape(_settings_line(results))}.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         "<p>* energy is an estimate (Horowitz, ISSCC 2014, 45 nm), not a measurement.</p>"
-        f"{warned}"
-        f"{imgs}{_figures_html(results, base_dir)}</body></html>\n"
+        f"{choice_html}{warned}"
+        f"{imgs}{_figures_html(results, base_dir)}{recipe_html}</body></html>\n"
     )
 
 

@@ -1,11 +1,15 @@
-"""Pareto plots: accuracy against latency and against size, one point per variant."""
+"""Pareto plots: accuracy against latency and against size, one labelled point per variant."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from edgeopt._io import write_with_atomic
+
+#: a log x axis when the largest value is this many times the smallest
+LOG_RANGE = 20.0
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -28,41 +32,127 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _overlap(a, b) -> float:
+    """Area shared by two display-space boxes (x0, y0, x1, y1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+# Offsets (points) tried around each marker, nearest first, then further out.
+_OFFSETS = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 10), (0, -18)] + [
+    (round(r * math.cos(t)), round(r * math.sin(t))) for r in (22, 36, 52, 70) for t in
+    [k * math.pi / 6 for k in range(12)]]
+
+
+def place_labels(ax, xs: list[float], ys: list[float], names: list[str], fontsize: float = 8) -> list:
+    """Label each point where its text overlaps no other label, marker or the axes' edge.
+
+    Greedy and deterministic: points are labelled left to right; for each, the first offset
+    in :data:`_OFFSETS` (nearest first) whose text box overlaps nothing placed is kept, else
+    the least-overlapping one; a label moved far away gets a thin leader line. Written here
+    rather than depending on adjustText for one function: the boxes are measured with the
+    figure's own renderer, so the test can check that no two overlap.
+
+    Returns:
+        The placed labels' display-space text boxes ``(x0, y0, x1, y1)``, in the order of
+        ``names`` (placement keeps a pixel of space around each).
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pts = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    r = 4.0  # marker half-size in pixels
+    taken = [(px - r, py - r, px + r, py + r) for px, py in pts]
+    frame = ax.get_window_extent(renderer)
+    boxes: list = [None] * len(names)
+    for i in sorted(range(len(names)), key=lambda k: (pts[k][0], -pts[k][1])):
+        best = None
+        for dx, dy in _OFFSETS:
+            ha = "left" if dx >= 0 else "right"
+            t = ax.annotate(names[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                            fontsize=fontsize, ha=ha, va="bottom")
+            bb = t.get_window_extent(renderer)
+            box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
+            cost = sum(_overlap(box, o) for o in taken if o is not None)
+            outside = (max(0, frame.x0 - box[0]) + max(0, box[2] - frame.x1)
+                       + max(0, frame.y0 - box[1]) + max(0, box[3] - frame.y1))
+            cost += 50 * outside
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, box, (dx, dy), (bb.x0, bb.y0, bb.x1, bb.y1))
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        _, t, box, (dx, dy), raw = best
+        if math.hypot(dx, dy) > 20:
+            t.arrow_patch = None
+            t.remove()
+            t = ax.annotate(names[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                            fontsize=fontsize, ha="left" if dx >= 0 else "right", va="bottom",
+                            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+        taken.append(box)
+        boxes[i] = raw
+    return boxes
+
+
 def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write pareto_latency.png and pareto_size.png; returns the paths written."""
+    """Write pareto_latency.png and pareto_size.png; returns the paths written.
+
+    The frontier is marked, the baseline (``results["baseline"]``, else the first variant)
+    drawn as a black diamond, every point labelled without overlap, and the x axis is
+    logarithmic when its values span more than :data:`LOG_RANGE` times.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no screen on servers and CI
     import matplotlib.pyplot as plt
 
+    from edgeopt.report.summary import baseline_row
+
     variants = [v for v in results.get("variants", []) if (v.get("accuracy") or {}).get("top1") is not None]
     if not variants:
         return []
+    base = baseline_row(results)
     axes = [
         ("pareto_latency.png", "batch-1 median latency (ms)", lambda v: ((v.get("latency") or {}).get("batch1") or {}).get("median_ms")),
         ("pareto_size.png", "size on disk (MB, 10^6 bytes)", lambda v: (v.get("size") or {}).get("bytes", 0) / 1e6),
     ]
     written = []
     for fname, xlabel, xf in axes:
-        pts = [(xf(v), 100 * v["accuracy"]["top1"], v.get("name", "?")) for v in variants]
-        pts = [p for p in pts if p[0] is not None]
+        pts = [(xf(v), 100 * v["accuracy"]["top1"], v.get("name", "?"), v is base) for v in variants]
+        pts = [p for p in pts if p[0] is not None and p[0] > 0]
         if not pts:
             continue
-        front = set(pareto_front([(x, y) for x, y, _ in pts]))
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for i, (x, y, name) in enumerate(pts):
-            ax.scatter([x], [y], color="C3" if i in front else "C0", zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        front = set(pareto_front([(x, y) for x, y, _, _ in pts]))
+        fig, ax = plt.subplots(figsize=(7, 5))
+        xs = [p[0] for p in pts]
+        log = max(xs) / min(xs) > LOG_RANGE
+        if log:
+            ax.set_xscale("log")
+        for i, (x, y, _, is_base) in enumerate(pts):
+            if is_base:
+                ax.scatter([x], [y], marker="D", s=60, color="black", zorder=4, label="baseline")
+            else:
+                ax.scatter([x], [y], color="C3" if i in front else "C0", zorder=3)
         fx = sorted((pts[i][0], pts[i][1]) for i in front)
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="C3", alpha=0.6, label="Pareto front")
-        ax.margins(x=0.15)  # room for the labels of the outermost points
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, min(hi, 100.5))  # accuracy never exceeds 100 %
-        ax.set_xlabel(xlabel)
+        # room for labels: a margin in the axis' own scale, then fixed limits for the placer
+        if log:
+            ax.set_xlim(min(xs) / 1.6, max(xs) * 2.5)
+        else:
+            span = (max(xs) - min(xs)) or max(xs)
+            ax.set_xlim(max(0.0, min(xs) - 0.1 * span), max(xs) + 0.35 * span)
+        ys = [p[1] for p in pts]
+        yspan = (max(ys) - min(ys)) or 1.0
+        ax.set_ylim(min(ys) - 0.15 * yspan, min(max(ys) + 0.2 * yspan, 100.5))
+        ax.set_xlabel(xlabel + (" (log scale)" if log else ""))
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both" if log else "major")
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
+        place_labels(ax, xs, ys, [p[2] for p in pts])
         path = out_dir / fname
         write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
