@@ -16,14 +16,17 @@ def console(stderr: bool = False):
 
 
 def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
-    """A rich table on stdout (first column left-aligned, the others right-aligned)."""
+    """A rich table on stdout (first column left-aligned, numbers right-aligned, text columns
+    such as "description" left-aligned). Cells are escaped: ``[onnx, tflite]`` is text, not markup."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        text = i == 0 or h in ("description", "path", "source", "notes")
+        table.add_column(escape(h), justify="left" if text else "right", overflow="fold")
     for r in rows:
-        table.add_row(*[str(c) for c in r])
+        table.add_row(*[escape(str(c)) for c in r])
     console().print(table)
 
 

@@ -107,6 +107,7 @@ class _Run:
         self.results: dict[str, Any] = {}
         self.rows: list[dict[str, Any]] = []
         self.figures: list[dict[str, Any]] = []
+        self.extras_done: set[str] = set()
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -352,6 +353,9 @@ def _run(recipe: Recipe, out: Path, progress: bool) -> dict[str, Any]:
             info.update(done.get("info") or {})
             run.add_figures(s.name, d, done.get("figures", []))
             for j, ex in enumerate(done.get("extras", [])):
+                if f"{key}/extra{j}" in run.extras_done:  # a shared step's extra is measured once
+                    continue
+                run.extras_done.add(f"{key}/extra{j}")
                 beside.append((vname, ex["label"], d, f"{key}/extra{j}",
                                lambda p=d / ex["model"]: run._load(p), ex.get("info") or {}))
             if done.get("model"):
