@@ -126,11 +126,9 @@ def _read_key(path: Path) -> str | None:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgeopt._io import file_sha256
+
+    return file_sha256(path)
 
 
 def _remove_trainer_files(d: Path) -> None:

@@ -33,7 +33,6 @@ numbers). The ``.bin``'s size and SHA-256 go into the sidecar, and the runner re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import tempfile
@@ -127,11 +126,9 @@ class OpenVINOExportConfig(Config):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    from edgeopt._io import file_sha256
+
+    return file_sha256(path)
 
 
 def _fsync(path: Path) -> None:

@@ -15,7 +15,6 @@ weights-only torch file); nothing is unpickled.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -379,11 +378,9 @@ def _embedded_sidecar(weights_path: Path) -> dict[str, Any] | None:
 
 
 def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgeopt._io import file_sha256
+
+    return file_sha256(p)
 
 
 def _edgeopt_version() -> str:

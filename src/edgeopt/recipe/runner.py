@@ -31,15 +31,11 @@ def _hash(obj: Any) -> str:
 
 
 def _file_sha(path: str | Path) -> str | None:
+    from edgeopt._io import file_sha256
     from edgeopt.models.checkpoint import checkpoint_paths
 
     try:
-        w, _ = checkpoint_paths(path)
-        h = hashlib.sha256()
-        with open(w, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_sha256(checkpoint_paths(path)[0])
     except OSError:
         return None
 
