@@ -45,56 +45,85 @@ _OFFSETS = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 10), (0, -18)] + [
     [k * math.pi / 6 for k in range(12)]]
 
 
-def place_labels(ax, xs: list[float], ys: list[float], names: list[str], fontsize: float = 8) -> list:
-    """Label each point where its text overlaps no other label, marker or the axes' edge.
+def place_labels(ax, xs: list[float], ys: list[float], names: list[str], fontsize: float = 8,
+                 avoid: list | None = None) -> list:
+    """Label each point where its text overlaps no other label, marker, ``avoid`` box (the
+    legend) or the axes' edge.
 
     Greedy and deterministic: points are labelled left to right; for each, the first offset
     in :data:`_OFFSETS` (nearest first) whose text box overlaps nothing placed is kept, else
-    the least-overlapping one; a label moved far away gets a thin leader line. Written here
-    rather than depending on adjustText for one function: the boxes are measured with the
-    figure's own renderer, so the test can check that no two overlap.
+    the least-overlapping one; a label moved far from its point gets a thin leader line.
+
+    Why not adjustText: it is one more dependency for one function, its iterative repulsion
+    depends on its version and on iteration limits, and it does not promise zero overlap.
+    Here every candidate's box is measured with the figure's own renderer
+    (``Text.get_window_extent``), so the result is the same on every run and a test can check
+    that no two boxes overlap.
+
+    Args:
+        ax: the axes, with its limits and scales final (labels are placed in display space).
+        xs, ys: the points, in data coordinates.
+        names: one label per point.
+        fontsize: in points.
+        avoid: more display-space boxes ``(x0, y0, x1, y1)`` to keep clear of.
 
     Returns:
         The placed labels' display-space text boxes ``(x0, y0, x1, y1)``, in the order of
         ``names`` (placement keeps a pixel of space around each).
     """
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
+    renderer = ax.figure.canvas.get_renderer()
     pts = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
-    r = 4.0  # marker half-size in pixels
-    taken = [(px - r, py - r, px + r, py + r) for px, py in pts]
+    r = 5.5  # marker half-size in pixels: the baseline diamond (s=60) is ~5.4 px from its centre at 100 dpi
+    taken = [(px - r, py - r, px + r, py + r) for px, py in pts] + list(avoid or [])
     frame = ax.get_window_extent(renderer)
     boxes: list = [None] * len(names)
     for i in sorted(range(len(names)), key=lambda k: (pts[k][0], -pts[k][1])):
-        best = None
+        best = None  # (cost, offset, text box)
         for dx, dy in _OFFSETS:
-            ha = "left" if dx >= 0 else "right"
             t = ax.annotate(names[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
-                            fontsize=fontsize, ha=ha, va="bottom")
+                            fontsize=fontsize, ha="left" if dx >= 0 else "right", va="bottom")
             bb = t.get_window_extent(renderer)
+            t.remove()
             box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
-            cost = sum(_overlap(box, o) for o in taken if o is not None)
-            outside = (max(0, frame.x0 - box[0]) + max(0, box[2] - frame.x1)
-                       + max(0, frame.y0 - box[1]) + max(0, box[3] - frame.y1))
-            cost += 50 * outside
+            cost = sum(_overlap(box, o) for o in taken)
+            cost += 50 * (max(0, frame.x0 - box[0]) + max(0, box[2] - frame.x1)
+                          + max(0, frame.y0 - box[1]) + max(0, box[3] - frame.y1))  # outside the axes
             if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, t, box, (dx, dy), (bb.x0, bb.y0, bb.x1, bb.y1))
-            else:
-                t.remove()
+                best = (cost, (dx, dy), (bb.x0, bb.y0, bb.x1, bb.y1), box)
             if cost == 0:
                 break
-        _, t, box, (dx, dy), raw = best
-        if math.hypot(dx, dy) > 20:
-            t.arrow_patch = None
-            t.remove()
-            t = ax.annotate(names[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
-                            fontsize=fontsize, ha="left" if dx >= 0 else "right", va="bottom",
-                            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+        _, (dx, dy), raw, box = best
+        far = math.hypot(dx, dy) > 20  # points: beyond the nearest ring, say which point it names
+        ax.annotate(names[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                    fontsize=fontsize, ha="left" if dx >= 0 else "right", va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if far else None)
         taken.append(box)
         boxes[i] = raw
     return boxes
+
+
+def use_log_x(xs: list[float]) -> bool:
+    """A log x axis when the positive values span more than :data:`LOG_RANGE` times.
+
+    Example:
+        >>> use_log_x([0.015, 0.7]), use_log_x([0.08, 0.97])
+        (True, False)
+    """
+    pos = [x for x in xs if x > 0]
+    return bool(pos) and max(pos) / min(pos) > LOG_RANGE
+
+
+def _readable_log_ticks(ax) -> None:
+    """Ticks written as plain numbers (0.05, 0.2, 1), at 1, 2 and 5 times each power of ten
+    over up to 3 decades: the default 10^-2, 10^-1 leaves a range of 20 to 100x with one or
+    two labels. Wider ranges keep one tick per decade, so labels never crowd."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = ax.get_xlim()
+    subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) <= 3.5 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -128,7 +157,7 @@ def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         front = set(pareto_front([(x, y) for x, y, _, _ in pts]))
         fig, ax = plt.subplots(figsize=(7, 5))
         xs = [p[0] for p in pts]
-        log = max(xs) / min(xs) > LOG_RANGE
+        log = use_log_x(xs)
         if log:
             ax.set_xscale("log")
         for i, (x, y, _, is_base) in enumerate(pts):
@@ -141,6 +170,7 @@ def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         # room for labels: a margin in the axis' own scale, then fixed limits for the placer
         if log:
             ax.set_xlim(min(xs) / 1.6, max(xs) * 2.5)
+            _readable_log_ticks(ax)
         else:
             span = (max(xs) - min(xs)) or max(xs)
             ax.set_xlim(max(0.0, min(xs) - 0.1 * span), max(xs) + 0.35 * span)
@@ -150,11 +180,12 @@ def pareto_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xlabel(xlabel + (" (log scale)" if log else ""))
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3, which="both" if log else "major")
-        ax.legend(loc="lower right", fontsize=8)
+        legend = ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        place_labels(ax, xs, ys, [p[2] for p in pts])
+        lb = legend.get_window_extent(fig.canvas.get_renderer())
+        place_labels(ax, xs, ys, [p[2] for p in pts], avoid=[(lb.x0, lb.y0, lb.x1, lb.y1)])
         path = out_dir / fname
-        write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        write_with_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
         written.append(path)
     return written

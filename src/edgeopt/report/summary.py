@@ -62,35 +62,64 @@ _WORDS = {"max_latency_ms": "batch-1 median latency at most", "max_size_mb": "fi
           "max_drop": "top-1 drop from the baseline at most"}
 
 
+def _failure_line(f: dict[str, Any]) -> str:
+    """One failing constraint: its bound, the variant closest to it and by how much it misses."""
+    k = f.get("constraint", "?")
+    unit = _UNITS.get(f.get("unit", ""), "")
+    by, val = f.get("by"), f.get("value")
+    val_unit = unit
+    if f.get("unit") == "fraction":  # min_accuracy: top-1 as a fraction -> percent, points
+        by = 100 * by if isinstance(by, (int, float)) else by
+        val = 100 * val if isinstance(val, (int, float)) else val
+        unit, val_unit = " points", " %"
+    limit = _fmt_limit(k, f["limit"]) if k in _WORDS and isinstance(f.get("limit"), (int, float)) else "?"
+    if f.get("closest") is None:
+        return f"- {k} ({_WORDS.get(k, k)} {limit}): no variant has the measurement it needs"
+    by_s = f"{by:.4g}{unit}" if isinstance(by, (int, float)) else "?"
+    val_s = f"{val:.4g}{val_unit}" if isinstance(val, (int, float)) else "not measured"
+    return f"- {k} ({_WORDS.get(k, k)} {limit}) fails by {by_s}; closest: {f['closest']} at {val_s}"
+
+
+_NONE = "no variant meets every constraint"
+
+
 def choice_lines(results: dict[str, Any]) -> list[str]:
-    """The "Choice" section as plain sentences (no constraints set: none).
+    """The "Choice" section as plain sentences, then (when nothing meets the constraints) one
+    ``"- "`` line per failing constraint; no constraints or no choice: ``[]``.
 
     Example:
         >>> r = {"constraints": {"max_drop": 1.0, "max_size_mb": None},
         ...      "choice": {"chosen": "int8", "reason": "best top-1 meeting every bound", "failures": []}}
         >>> choice_lines(r)
         ['Constraints: top-1 drop from the baseline at most 1 points.', 'Chosen: **int8**: best top-1 meeting every bound.']
+        >>> r["choice"] = {"chosen": None, "reason": "none does", "failures": [{"constraint": "max_drop",
+        ...     "limit": 1.0, "closest": "int8", "value": 1.5, "by": 0.5, "unit": "points"}]}
+        >>> choice_lines(r)[1:]
+        ['No variant meets the constraints; none does.', '- max_drop (top-1 drop from the baseline at most 1 points) fails by 0.5 points; closest: int8 at 1.5 points']
     """
-    cons = {k: v for k, v in (results.get("constraints") or {}).items() if v is not None and k in _WORDS}
+    cons = {k: v for k, v in (results.get("constraints") or {}).items()
+            if k in _WORDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     choice = results.get("choice")
     if not cons or not isinstance(choice, dict):
         return []
-    lines = ["Constraints: " + "; ".join(f"{_WORDS[k]} {_fmt_limit(k, v)}" for k, v in cons.items()) + "."]
+
+    def sentence(text: str) -> str:
+        return text.rstrip(". ") + "."
+
+    lines = [sentence("Constraints: " + "; ".join(f"{_WORDS[k]} {_fmt_limit(k, v)}" for k, v in cons.items()))]
     if choice.get("chosen"):
-        lines.append(f"Chosen: **{choice['chosen']}**: {choice.get('reason') or 'it meets every constraint'}.")
-        return [ln.replace("..", ".") for ln in lines]
-    lines.append(f"No variant meets the constraints: {choice.get('reason') or ''}".rstrip(": ") + ".")
-    for f in choice.get("failures") or []:
-        k = f.get("constraint", "?")
-        unit = _UNITS.get(f.get("unit", ""), "")
-        by, val = f.get("by"), f.get("value")
-        if f.get("unit") == "fraction" and isinstance(by, (int, float)):
-            by, val, unit = 100 * by, (100 * val if isinstance(val, (int, float)) else val), " points"
-        by_s = f"{by:.4g}{unit}" if isinstance(by, (int, float)) else "?"
-        val_s = f"{val:.4g}" if isinstance(val, (int, float)) else "not measured"
-        lines.append(f"- {k} ({_WORDS.get(k, k)} {_fmt_limit(k, f['limit']) if 'limit' in f else '?'}) fails by "
-                     f"{by_s}; closest: {f.get('closest', '?')} ({val_s})")
-    return [ln.replace("..", ".") for ln in lines]
+        lines.append(sentence(f"Chosen: **{choice['chosen']}**: {choice.get('reason') or 'it meets every constraint'}"))
+        meets = [str(m) for m in choice.get("meets") or []]
+        if len(meets) > 1:
+            lines.append(sentence(f"Meeting every constraint ({len(meets)}): " + ", ".join(meets)))
+        return lines
+    reason = choice.get("reason") or ""
+    # choose() starts its reason with what the heading already says
+    reason = reason[len(_NONE):].lstrip("; ") if reason.lower().startswith(_NONE) else reason
+    if reason.startswith("closest: "):
+        reason = "closest overall: " + reason[len("closest: "):]
+    lines.append(sentence("No variant meets the constraints" + (f"; {reason}" if reason else "")))
+    return lines + [_failure_line(f) for f in choice.get("failures") or [] if isinstance(f, dict)]
 
 
 def recipe_yaml(results: dict[str, Any]) -> str | None:
