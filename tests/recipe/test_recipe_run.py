@@ -122,3 +122,25 @@ def test_killing_a_run_midway_and_running_it_again_redoes_no_finished_step(tmp_p
     assert second.stderr.count(": cached (prune-") == 2  # both pruned variants reuse the one prune step
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(res["variants"]) == 5
+
+
+def test_scan_then_prune_uses_the_scans_table_and_writes_no_copy_of_the_model(tmp_path):
+    p = tmp_path / "scan.yaml"
+    p.write_text(f"""
+data: {{name: digits}}
+out_dir: {tmp_path / 'out'}
+baseline: {{model: {{name: simple_cnn}}, train: {{epochs: 2, batch_size: 64, lr: 0.05, progress: false}}}}
+target: {{formats: [], latency_runs: 3, warmup: 1, throughput_batch: 0, memory: false}}
+variants:
+  scanned:
+    - scan: {{method: unstructured, sparsities: [0.5, 0.9], samples: 64, threshold: 100.0}}
+    - prune: {{method: unstructured, layer_ratios: scan}}
+""")
+    res = run_recipe(load_recipe(p), progress=False)
+    (scan_dir,) = (tmp_path / "out" / "steps").glob("scan-*")
+    assert not (scan_dir / "model.safetensors").exists()  # the baseline passes through
+    row = next(v for v in res["variants"] if v["name"] == "scanned")
+    # threshold 100 points: every scanned layer tolerates the largest sparsity tried
+    table = json.loads((scan_dir / "done.json").read_text())["info"]["sensitivity"]["table"]
+    assert table and set(table.values()) == {0.9}
+    assert row["pruning"]["sparsity"] > 0.5

@@ -21,25 +21,17 @@ def demo_recipe(*, config: str | Path | None = None, out_dir: str | None = None,
     def apply(raw: dict[str, Any]) -> None:
         if out_dir is not None:
             raw["out_dir"] = out_dir
-        if data is not None or data_root is not None:
-            d = dict(raw.get("data") or {})
-            if data is not None:
-                d["name"] = data
-            if data_root is not None:
-                d["root"] = data_root
-            raw["data"] = d
-        base = dict(raw.get("baseline") or {})
-        if model is not None:
-            base["model"] = {**(base.get("model") or {}), "name": model}
-        if epochs is not None:
-            base["train"] = {**(base.get("train") or {}), "epochs": epochs}
-        raw["baseline"] = base
-        if threads is not None or latency_runs is not None:
-            t = dict(raw.get("target") or {})
-            if threads is not None:
-                t["threads"] = threads
-            if latency_runs is not None:
-                t["latency_runs"] = latency_runs
-            raw["target"] = t
+        _update(raw, "data", name=data, root=data_root)
+        base = raw["baseline"] = dict(raw.get("baseline") or {})
+        _update(base, "model", name=model)
+        _update(base, "train", epochs=epochs)
+        _update(raw, "target", threads=threads, latency_runs=latency_runs)
 
     return load_recipe(config or "demo", apply)
+
+
+def _update(raw: dict[str, Any], key: str, **values: Any) -> None:
+    """Set the given (not None) fields of the mapping ``raw[key]``, keeping its others."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if values:
+        raw[key] = {**(raw.get(key) or {}), **values}

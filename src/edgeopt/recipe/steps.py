@@ -35,7 +35,8 @@ class StepOutput:
     """What a step made.
 
     Attributes:
-        model: the new model (model steps); saved by the runner as ``model.safetensors``.
+        model: the new model (model steps), saved by the runner as ``model.safetensors``; None
+            for a step whose input passes through unchanged (``scan``): the parent's is kept.
         artifacts: terminal steps: ``(label, artifact, row extras)``, one measured row each.
         extras: models measured beside the chain's own (``distill``: the student trained
             alone), ``(label, model, row info)``; not continued by later steps.
@@ -171,7 +172,9 @@ def _run_scan(ctx: StepContext, cfg: ScanStep, model: Any) -> StepOutput:
         figs.append({"title": "Per-layer sensitivity: accuracy points lost when one layer alone is pruned",
                      "path": str(Path(png).relative_to(ctx.step_dir))})
     info = {"sensitivity": {"table": res.table, "threshold": res.threshold, "base_acc": res.base_acc}}
-    return StepOutput(model=model, figures=figs, info=info)
+    # no model: the input passes through unchanged, so the runner keeps the parent's
+    # checkpoint instead of writing a second copy of it
+    return StepOutput(figures=figs, info=info)
 
 
 _register(StepKind("scan", _parse_scan, _run_scan,
