@@ -94,3 +94,21 @@ def test_only_keeps_the_named_variants_and_refuses_unknown_ones():
     assert list(r.only(["int8"]).variants) == ["int8"]
     with pytest.raises(ConfigError, match="--only: no variant 'nope'.*variants: int8"):
         r.only(["nope"])
+
+
+def test_a_recipe_cannot_make_edgeopt_import_code(tmp_path):
+    from edgeopt.errors import UntrustedCodeError
+
+    base = "data: {name: digits}\nbaseline: {train: {epochs: 1}}\n"
+    for variant in ("[distill: {student: 'os:system'}]",
+                    "[distill: {student: cnn_student, method: progressive, assistants: ['os:system']}]"):
+        p = _write(tmp_path, base + f"variants:\n  s: {variant}\n")
+        with pytest.raises(UntrustedCodeError, match="asks to import and run 'os:system'"):
+            load_recipe(p)
+    p = _write(tmp_path, "data: {name: digits}\nbaseline: {model: {name: 'os:system'}, train: {epochs: 1}}\n"
+                         "variants: {}\n")
+    r = load_recipe(p)  # the baseline's model is checked where it is built, before any import
+    from edgeopt.recipe import run_recipe
+
+    with pytest.raises(UntrustedCodeError):
+        run_recipe(r, out_dir=tmp_path / "out", progress=False)

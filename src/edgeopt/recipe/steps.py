@@ -270,6 +270,12 @@ def _parse_distill(raw: dict[str, Any], ctx: dict[str, Any]) -> _WithOptions:
             raise ConfigError("distill.sweep is {temperature: [..], alpha: [..]} (the response-KD grid)")
         sweep = {k: [float(x) for x in (v if isinstance(v, list) else [v])] for k, v in sweep.items()}
     student, kwargs, dcfg = _distill_config(raw)
+    from edgeopt.models.trust import check_model_code
+
+    # a recipe is a file: it may name zoo models, but no package.module:factory it names is
+    # imported unless the user allowed it (--trust-model-code), as for baseline.model
+    for name in (student, *dcfg.assistants):
+        check_model_code(name, "the recipe's distill step")
     if sweep and dcfg.method != "response":
         raise ConfigError(f"distill.sweep trains response KD; DistillConfig.method={dcfg.method!r}")
     return _WithOptions(dcfg, {"student": student, "student_kwargs": kwargs, "sweep": sweep})
