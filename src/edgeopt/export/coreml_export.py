@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeopt._backends import coremltools as _ct
+from edgeopt._backends import quiet_coremltools as _quiet_coremltools
 from edgeopt.config import Config
 from edgeopt.errors import (
     ArtifactError,
@@ -48,7 +48,6 @@ from edgeopt.errors import (
     MissingDependencyError,
     UnsupportedModelError,
     brief,
-    require,
 )
 from edgeopt.spec import ModelSpec
 
@@ -60,33 +59,6 @@ _MAX_BATCH = 1024  # upper bound of the flexible batch dimension (Core ML needs 
 # MIL data types (coremltools.proto.MIL_pb2.DataType) of stored weights, by precision
 _FLOAT16, _FLOAT32, _INT8 = 10, 11, 21
 _WEIGHT_DTYPE = {"fp32": _FLOAT32, "fp16": _FLOAT16, "int8": _INT8}
-
-
-@contextlib.contextmanager
-def _quiet_coremltools() -> Iterator[None]:
-    """Silence coremltools' import-time and conversion chatter; errors still raise.
-
-    On import it logs (logger ``coremltools``, level WARNING) that its native library is
-    missing (expected off macOS) and that this torch / scikit-learn version is untested;
-    conversion shows progress bars on stderr. Real failures are exceptions.
-    """
-    log = logging.getLogger("coremltools")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from edgeopt.export.onnx_export import _quiet
-
-            with _quiet():
-                yield
-    finally:
-        log.setLevel(level)
-
-
-def _ct():
-    with _quiet_coremltools():
-        return require("coremltools", "coreml", "Core ML export")
 
 
 def coreml_available() -> str | None:

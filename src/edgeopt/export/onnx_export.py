@@ -39,19 +39,15 @@ that optimized it; ship ``"none"`` or ``"basic"`` when the target differs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import os
-import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeopt._backends import quiet as _quiet  # noqa: F401 - also used by the other exporters
 from edgeopt._io import write_with_atomic
 from edgeopt.artifact import ONNX_SPEC_KEY
 from edgeopt.config import Config
@@ -162,35 +158,6 @@ def _precision_of_model(model: Any) -> str:
         if p.is_floating_point():
             return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(p.dtype, "fp32")
     return "fp32"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence Python and C++ output on stdout/stderr (file descriptors 1 and 2) for a block."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved: list[int] = []
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
-            saved.append(os.dup(fd))
-            os.dup2(devnull, fd)
-        os.close(devnull)
-    except OSError:  # no real descriptors (an embedded interpreter): Python-level only
-        for fd, old in zip((1, 2), saved):
-            os.dup2(old, fd)
-            os.close(old)
-        saved = []
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        if saved:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, old in zip((1, 2), saved):
-                os.dup2(old, fd)
-                os.close(old)
 
 
 def _torch_export(model: Any, example: Any, dst: Path, cfg: OnnxExportConfig) -> None:

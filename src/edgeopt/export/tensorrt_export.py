@@ -24,56 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeopt._backends import require_tensorrt, tensorrt_available  # noqa: F401 - this module's public names
 from edgeopt._io import write_bytes_atomic
 from edgeopt.config import Config
-from edgeopt.errors import ConfigError, MissingDependencyError, UnsupportedModelError, require
+from edgeopt.errors import ConfigError, UnsupportedModelError
 from edgeopt.spec import ModelSpec
 
 SUFFIX = ".engine"
 PRECISIONS = ("fp32", "fp16")
-
-
-def _missing() -> list[str]:
-    """What this machine lacks for TensorRT: the package, a CUDA GPU, or nothing."""
-    import importlib.util
-
-    missing = []
-    if importlib.util.find_spec("tensorrt") is None:
-        missing.append("the 'tensorrt' extra: pip install \"edgeopt[tensorrt]\"")
-    try:
-        import torch
-
-        has_gpu = bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - a broken CUDA setup is no GPU
-        has_gpu = False
-    if not has_gpu:
-        missing.append("a CUDA GPU (torch.cuda.is_available() is False; TensorRT builds for the GPU it runs on)")
-    return missing
-
-
-def tensorrt_available(what: str = "TensorRT export") -> str | None:
-    """None when TensorRT can build and run engines here, else one line saying what is missing.
-
-    Example:
-        >>> r = tensorrt_available()
-        >>> r is None or r.startswith("TensorRT export needs")
-        True
-    """
-    missing = _missing()
-    return f"{what} needs {' and '.join(missing)}" if missing else None
-
-
-def require_tensorrt(what: str = "TensorRT export") -> Any:
-    """Import tensorrt, or raise MissingDependencyError naming the package and/or the GPU.
-
-    Example:
-        >>> require_tensorrt()  # doctest: +SKIP
-        <module 'tensorrt' ...>
-    """
-    reason = tensorrt_available(what)
-    if reason is not None:
-        raise MissingDependencyError(reason)
-    return require("tensorrt", "tensorrt", what)
 
 
 @dataclasses.dataclass(frozen=True)

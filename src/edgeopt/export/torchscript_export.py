@@ -47,6 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeopt._backends import SPEC_EXTRA_FILE
 from edgeopt._io import write_with_atomic
 from edgeopt.config import Config
 from edgeopt.errors import (
@@ -57,8 +58,6 @@ from edgeopt.errors import (
 )
 from edgeopt.spec import ModelSpec
 
-#: name of the extra file holding the ModelSpec JSON inside the archive
-SPEC_EXTRA_FILE = "edgeopt_spec.json"
 SUFFIX = ".torchscript"
 
 

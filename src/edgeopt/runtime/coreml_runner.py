@@ -59,7 +59,8 @@ class CoreMLRunner:
         bind_target(self, target, target.spec, threads)
         if sys.platform != "darwin":
             raise MissingDependencyError(macos_required_message(target.path.name))
-        from edgeopt.export.coreml_export import _ct, _quiet_coremltools
+        from edgeopt._backends import coremltools as _ct
+        from edgeopt._backends import quiet_coremltools as _quiet_coremltools
 
         ct = _ct()
         try:

@@ -46,7 +46,7 @@ def _ov():
 
 
 def _read_model(core: Any, xml: Path) -> Any:
-    from edgeopt.export.onnx_export import _quiet
+    from edgeopt._backends import quiet as _quiet
 
     # read_model tries every frontend on a file the IR reader rejects, and the TensorFlow
     # one prints parse errors on fd 2; the exception below says what went wrong in one line.
@@ -170,9 +170,9 @@ class OpenVINORunner:
                 f"truncated or from another export; re-export it"
             )
         if "weights_sha256" in meta:
-            from edgeopt.export.openvino_export import _sha256
+            from edgeopt._io import file_sha256
 
-            if _sha256(binf) != meta["weights_sha256"]:
+            if file_sha256(binf) != meta["weights_sha256"]:
                 raise ArtifactError(
                     f"{binf.name} does not match the SHA-256 its export recorded: the weights are corrupt "
                     f"or from another export; re-export it"

@@ -43,7 +43,7 @@ class TensorRTRunner:
     formats = ("tensorrt",)
 
     def __init__(self, target: Any, threads: int | None = None) -> None:
-        from edgeopt.export.tensorrt_export import require_tensorrt
+        from edgeopt._backends import require_tensorrt
 
         bind_target(self, target, target.spec, threads)
         trt = require_tensorrt("the TensorRT runtime")

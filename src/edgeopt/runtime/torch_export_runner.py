@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt._backends import SPEC_EXTRA_FILE
 from edgeopt.errors import ArtifactError, MissingDependencyError, brief
 from edgeopt.runtime._base import RUNNERS, TorchVersionMixin, bind_target, check_batch
 
-_SPEC_EXTRA_FILE = "edgeopt_spec.json"
 #: sympy names torch.export writes into symbolic shape expressions
 _SYM_NAMES = {"Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "floor", "ceiling", "oo", "int_oo",
               "positive", "integer", "nonnegative", "True", "False", "Max", "Min",
@@ -221,7 +221,7 @@ class TorchExportRunner(TorchVersionMixin):
             raise ArtifactError(f"refusing to load {path}: {reason}, so loading it could run code; "
                                 f"rebuild it with edgeopt")
         _register_ops()
-        extra = {_SPEC_EXTRA_FILE: ""}
+        extra = {SPEC_EXTRA_FILE: ""}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -233,9 +233,9 @@ class TorchExportRunner(TorchVersionMixin):
                 f"torch.export.load cannot load {path} ({type(exc).__name__}: {msg}); the file is corrupt, "
                 f"truncated or from another torch version: rebuild it"
             ) from None
-        if extra[_SPEC_EXTRA_FILE]:
+        if extra[SPEC_EXTRA_FILE]:
             try:
-                embedded = tuple(json.loads(extra[_SPEC_EXTRA_FILE]).get("input_shape") or ())
+                embedded = tuple(json.loads(extra[SPEC_EXTRA_FILE]).get("input_shape") or ())
             except (ValueError, AttributeError):
                 embedded = ()
             if embedded and embedded != self.input_shape:

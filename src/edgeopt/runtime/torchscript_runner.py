@@ -70,7 +70,7 @@ class TorchScriptRunner(TorchVersionMixin):
     def __init__(self, target: Any, threads: int | None = None) -> None:
         import torch
 
-        from edgeopt.export.torchscript_export import SPEC_EXTRA_FILE
+        from edgeopt._backends import SPEC_EXTRA_FILE
 
         bind_target(self, target, target.spec, threads)
         path = target.path
