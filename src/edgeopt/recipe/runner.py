@@ -110,8 +110,18 @@ class _Run:
             print(f"[edgeopt] {msg}", file=sys.stderr, flush=True)
 
     def load_data(self):
+        """The recipe's data, fed as the baseline expects: a `checkpoint:` baseline (trained
+        elsewhere, e.g. with ImageNet statistics) brings its own mean/std and class names, and
+        every step and measurement must use them, not the dataset's."""
         if self.data is None:
-            self.data = self.recipe.data.load()
+            dm = self.recipe.data.load()
+            ckpt = self.recipe.baseline.checkpoint
+            if ckpt:
+                from edgeopt.artifact import Artifact
+                from edgeopt.data import data_for_model
+
+                dm = data_for_model(dm, Artifact.load(ckpt).spec, where=Path(ckpt).name)
+            self.data = dm
         return self.data
 
     # -- models ------------------------------------------------------------------------
@@ -141,8 +151,7 @@ class _Run:
         b = r.baseline
         if b.checkpoint:
             self.log(f"baseline: loading {b.checkpoint}")
-            model, _ = load_checkpoint(b.checkpoint)
-            self._check_spec(model, data)
+            model, _ = load_checkpoint(b.checkpoint)  # load_data checked its spec against the data
             lineage = list(getattr(model, "edgeopt_lineage", None) or []) or [{"step": "load", "weights": b.checkpoint}]
         else:
             mcfg = b.model_config()
@@ -164,15 +173,6 @@ class _Run:
                                              "seconds": round(time.perf_counter() - t0, 2)})
         self.models[key] = model
         return key, lambda: model
-
-    @staticmethod
-    def _check_spec(model: Any, data: Any) -> None:
-        from edgeopt.errors import ConfigError
-
-        spec = getattr(model, "edgeopt_spec", None)
-        if spec is not None and tuple(spec.input_shape) != tuple(data.spec.input_shape):
-            raise ConfigError(f"baseline.checkpoint takes inputs {tuple(spec.input_shape)} but data "
-                              f"{data.name} has {tuple(data.spec.input_shape)}; pick the model's dataset")
 
     # -- steps -------------------------------------------------------------------------
     def step(self, vname: str, i: int, n: int, s: StepSpec, parent_key: str,
