@@ -19,8 +19,10 @@ pattern ONNX Runtime runs in int8.
 The fake-quant reference of a static or dynamic artifact is a :class:`QuantSim` of the
 folded model whose weights are the file's own int8 weights, dequantized, and whose layer
 inputs are fake-quantized with the file's own scales and zero points; for static files
-also every other tensor the file requantizes (residual adds, pooled features, logits),
-on the ``torch.fx`` node that computes it (:func:`match_activations`).
+also every other tensor the file requantizes (residual adds, pooled features, logits, the
+gates inside Hardswish/SiLU/GELU, a Linear's product before its bias), placed on the
+``torch.fx`` graph by value (:mod:`edgeopt.quantize.ort_match`), and every float parameter
+the file stores in int8 (LayerNorm weights, layer scales) takes the file's value.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import nn
 from edgeopt.errors import UnsupportedModelError, brief
 from edgeopt.quantize._base import Built, QuantBackend, cpu_has_vnni, reduce_range_for  # noqa: F401 - re-exported
 from edgeopt.quantize.config import QuantConfig
+from edgeopt.quantize.ort_match import match_activations  # noqa: F401 - re-exported
 from edgeopt.spec import get_spec
 
 _CALIB = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -118,7 +121,9 @@ OUTPUT_KEY = "<output>"
 
 def weight_nodes(proto: Any) -> dict[str, str]:
     """ONNX node name -> PyTorch layer name, for Conv/Gemm/MatMul nodes whose weight
-    initializer is named ``LAYER.weight`` (directly or through a DequantizeLinear)."""
+    initializer is named ``LAYER.weight`` (directly or through a DequantizeLinear), and for
+    MatMul nodes with an anonymous weight (``onnx::MatMul_565``: a Linear on a 4-D tensor,
+    exported as ``MatMul(x, W^T) + bias``) whose product is added to ``LAYER.bias``."""
     inits = {i.name for i in proto.graph.initializer}
     producer = {o: n for n in proto.graph.node for o in n.output}
     out: dict[str, str] = {}
@@ -133,7 +138,38 @@ def weight_nodes(proto: Any) -> dict[str, str]:
             if w.endswith(".weight" + suffix) and (w in inits or p is not None):
                 out[n.name] = w[: -len(".weight" + suffix)]
                 break
+        else:
+            if n.op_type == "MatMul" and w in inits:
+                bias = _bias_added(proto, n, producer)
+                if bias is not None:
+                    out[n.name] = bias[0][: -len(".bias")]
     return out
+
+
+def _bias_added(proto: Any, node: Any, producer: dict[str, Any]) -> tuple[str, Any] | None:
+    """``(LAYER.bias, its DequantizeLinear or None)`` when ``node``'s output (through a Q/DQ
+    pair, in a QDQ file) feeds only an Add of the initializer ``LAYER.bias`` (directly or
+    dequantized from ``LAYER.bias_quantized``)."""
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {i.name for i in proto.graph.initializer}
+    t = node.output[0]
+    users = consumers.get(t, [])
+    if len(users) == 1 and users[0].op_type == "QuantizeLinear":
+        dqs = consumers.get(users[0].output[0], [])
+        if len(dqs) == 1 and dqs[0].op_type == "DequantizeLinear":
+            t = dqs[0].output[0]
+            users = consumers.get(t, [])
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    other = next((i for i in users[0].input if i != t), None)
+    dq = producer.get(other) if other is not None else None
+    if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+        name = dq.input[0][: -len("_quantized")] if dq.input[0].endswith("_quantized") else dq.input[0]
+        return (name, dq) if name.endswith(".bias") else None
+    return (other, None) if other in inits and other.endswith(".bias") else None
 
 
 def _dq_qparams(node: Any, inits: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -187,6 +223,14 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
             # int32 bias with scale input x weight scale: the rounding matters in deep nets
             deq_b = inits[bp.input[0]].astype(np.float64) * inits[bp.input[1]].astype(np.float64)
             entry["bias"] = {"dequantized": torch.from_numpy(deq_b.astype(np.float32))}
+        elif "weight" in entry and n.op_type == "MatMul":
+            # MatMul + Add(bias): ORT quantizes the bias as an activation (uint8, own scale)
+            added = _bias_added(proto, n, producer)
+            if added is not None and added[1] is not None:
+                from edgeopt.quantize.ort_match import dequantize_initializer
+
+                deq_b = dequantize_initializer(added[1], {i.name: i for i in proto.graph.initializer})
+                entry["bias"] = {"dequantized": torch.from_numpy(deq_b.reshape(-1))}
         ip = producer.get(n.input[0])
         if ip is not None and ip.op_type == "DequantizeLinear" and ip.input[1] in inits:
             entry["input"] = _dq_qparams(ip, inits)
@@ -224,85 +268,6 @@ def read_qdq_qparams(path: str | Path) -> dict[str, dict[str, Any]]:
                                  "dtype": "int8", "axis": 0 if scale.ndim == 1 and scale.size > 1 else None},
                       "input": {"dynamic": True}}
     return out
-
-
-def match_activations(float_onnx: str | Path, qdq_onnx: str | Path, model: nn.Module,
-                      images: torch.Tensor, rtol: float = 1e-4) -> tuple[list[dict[str, Any]], list[str]]:
-    """Which ``torch.fx`` node of the folded model computes each tensor the QDQ file requantizes.
-
-    ONNX names do not say where a tensor comes from in PyTorch (the exporter flattens
-    scopes: ``/conv.2_1/Conv``, ``/Add_3``), so tensors are matched by value: the float
-    ONNX model the file was quantized from runs on ``images`` with every requantized
-    tensor as an output, the GraphModule runs node by node, and a tensor goes to the
-    first node whose value equals it (within ``rtol`` of its magnitude). The graph input
-    (each layer's input quantization covers it), weights and the logits (QuantSim's
-    ``output``) are left out.
-
-    Returns ``(activations, unmatched)``: entries for :class:`QuantSim`'s ``activations``,
-    and the names of requantized tensors no node computes (nothing is matched when
-    ``model`` is not a GraphModule, e.g. fx could not trace it).
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    qdq = onnx.load(str(qdq_onnx))
-    inits = {i.name: i for i in qdq.graph.initializer}
-    graph_inputs = {i.name for i in qdq.graph.input}
-    graph_outputs = {o.name for o in qdq.graph.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in qdq.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    wanted: dict[str, dict[str, Any]] = {}
-    for n in qdq.graph.node:
-        if n.op_type != "QuantizeLinear" or n.input[0] in inits or n.input[0] in graph_inputs:
-            continue
-        if any(o in graph_outputs for c in consumers.get(n.output[0], []) for o in c.output):
-            continue  # Q -> DQ -> graph output: the logits, QuantSim's ``output``
-        if n.input[1] not in inits or len(n.input) < 3 or n.input[2] not in inits:
-            continue
-        scale = numpy_helper.to_array(inits[n.input[1]])
-        zp = numpy_helper.to_array(inits[n.input[2]])
-        if scale.size != 1:  # per-channel activations: not something quantize_static writes
-            continue
-        wanted[n.input[0]] = {"scale": float(scale), "zero_point": int(zp),
-                              "dtype": "uint8" if zp.dtype == np.uint8 else "int8"}
-    if not wanted or not isinstance(model, torch.fx.GraphModule):
-        return [], sorted(wanted)
-    proto = onnx.load(str(float_onnx))
-    known = {o for node in proto.graph.node for o in node.output}
-    names = [v for v in wanted if v in known]
-    del proto.graph.output[:]
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, None) for v in names)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    values = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: images.numpy().astype(np.float32)})))
-
-    seen: list[tuple[str, torch.Tensor]] = []  # (fx node, value) in execution order
-
-    class _Record(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            out = super().run_node(n)
-            if n.op not in ("placeholder", "output", "get_attr") and isinstance(out, torch.Tensor):
-                seen.append((n.name, out.detach()))
-            return out
-
-    with torch.no_grad():
-        _Record(model).run(images)
-    matched: list[dict[str, Any]] = []
-    unmatched = sorted(v for v in wanted if v not in known)
-    for v in names:
-        ref = torch.from_numpy(values[v])
-        tol = rtol * (1.0 + float(ref.abs().max()))
-        node = next((n for n, t in seen if t.shape == ref.shape and float((t - ref).abs().max()) <= tol), None)
-        if node is None:
-            unmatched.append(v)
-        else:
-            matched.append({"node": node, "tensor": v, **wanted[v]})
-    return matched, unmatched
 
 
 def _float_weight_nodes(path: Path, layers: dict[str, str]) -> list[str]:
@@ -504,12 +469,18 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
             f"ONNX Runtime quantized no {what} layer of this model ({cfg.method}); nothing would be int8"
         )
     output_q = qdq.pop(OUTPUT_KEY, None)
-    reference = QuantSim(folded, {k: v for k, v in qdq.items() if k in dict(folded.named_modules())},
-                         output=output_q, activations=activations)
+    from edgeopt.quantize.ort_match import quantized_parameters, simulated_tensors
+
+    layer_q = {k: v for k, v in qdq.items() if k in dict(folded.named_modules())}
+    # LayerNorm weights, layer scales, ...: float parameters the file stores in int8
+    params = (quantized_parameters(out, folded, skip={f"{k}.{p}" for k in layer_q for p in ("weight", "bias")})
+              if cfg.method == "static" else {})
+    reference = QuantSim(folded, layer_q, output=output_q, activations=activations, params=params)
     precision = "int8" if not float_layers else "mixed"
     meta = {"exporter": "onnxruntime.quantization", "quant_format": "QDQ" if cfg.method != "dynamic" else "dynamic",
             "onnxruntime_version": _ort_version(), "quantized_layers": len(qdq),
-            "reference_requantizes": {"tensors": len(activations), "not_simulated": unmatched},
+            "reference_requantizes": {"tensors": simulated_tensors(activations), "not_simulated": unmatched,
+                                      "parameters": sorted(params)},
             "reduce_range": reduce_range_for(cfg),
             "source": {"arch": getattr(model, "edgeopt_arch", None), "class": type(model).__name__},
             "lineage": list(getattr(model, "edgeopt_lineage", None) or []) + [

@@ -182,7 +182,14 @@ class QuantSim(nn.Module):
         activations: ``[{"node", "scale", "zero_point", "dtype"}]``: further values the
             artifact requantizes, by the name of the ``torch.fx`` node that computes them
             (``model`` must then be a GraphModule, as :func:`fold_batchnorm` returns);
-            fake-quantized while any layer is enabled.
+            fake-quantized while any layer is enabled. Two more kinds of entry requantize
+            inside a node: ``{"node", "recompute": module, "input": i}`` replaces the node's
+            value by ``module(node.args[i])`` (an activation the artifact decomposes, e.g.
+            Hardswish as ``x * HardSigmoid(x)`` with the gate requantized), and
+            ``{"node", "before_bias": True, "scale", ...}`` requantizes a Linear layer's
+            product before its bias is added.
+        params: ``{parameter or buffer name: value}``: float parameters the artifact stores
+            in int8 (LayerNorm weights, layer scales), dequantized; used while any layer is enabled.
 
     Example:
         >>> m = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
@@ -194,7 +201,8 @@ class QuantSim(nn.Module):
 
     def __init__(self, model: nn.Module, qparams: dict[str, dict[str, Any]],
                  enabled: Iterable[str] | None = None, output: dict[str, Any] | None = None,
-                 activations: Iterable[dict[str, Any]] = ()) -> None:
+                 activations: Iterable[dict[str, Any]] = (),
+                 params: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.output = output  # {"scale", "zero_point", "dtype"}: the artifact requantizes its logits
         self.model = copy.deepcopy(model).eval()
@@ -203,6 +211,14 @@ class QuantSim(nn.Module):
         self._requant_on = {"on": False}  # shared with the inserted _Requant modules
         if self.activations:
             _insert_requant(self.model, self.activations, self._requant_on)
+        self._params: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # name: (tensor, float, int8)
+        for name, value in (params or {}).items():
+            t = _tensor(self.model, name)
+            q = torch.as_tensor(value, dtype=t.dtype)
+            if q.shape != t.shape:
+                raise ConfigError(f"QuantSim: parameter {name}: value of shape {tuple(q.shape)} does not fit "
+                                  f"its {tuple(t.shape)}")
+            self._params[name] = (t, t.detach().clone(), q)
         mods = dict(self.model.named_modules())
         self._float_w: dict[str, torch.Tensor] = {}
         self._quant_w: dict[str, torch.Tensor] = {}
@@ -260,6 +276,8 @@ class QuantSim(nn.Module):
                 self._mods[name].weight.copy_(self._float_w[name] if w is None else w)
                 if name in self._quant_b:
                     self._mods[name].bias.copy_(self._quant_b[name] if name in layers else self._float_b[name])
+            for t, flt, q in self._params.values():
+                t.copy_(q if layers else flt)
         self.enabled = layers
         self._requant_on["on"] = bool(layers)
 
@@ -284,15 +302,57 @@ class _Requant(nn.Module):
         return qm.fake_quantize(x, self.scale, self.zero_point, dtype=self.dtype)
 
 
+class _Recompute(nn.Module):
+    """The value ``module(x)`` instead of the node's own ``y`` while ``state["on"]``."""
+
+    def __init__(self, module: nn.Module, state: dict[str, bool]) -> None:
+        super().__init__()
+        self.module = module
+        self.state = state
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.module(x) if self.state["on"] else y
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    """A parameter or buffer by qualified name."""
+    prefix, _, attr = name.rpartition(".")
+    try:
+        t = getattr(model.get_submodule(prefix) if prefix else model, attr)
+    except AttributeError:
+        t = None
+    if not isinstance(t, torch.Tensor):
+        raise ConfigError(f"QuantSim: the model has no parameter {name!r}")
+    return t
+
+
+class _BeforeBias(_Requant):
+    """Its :meth:`hook`, a Linear's forward hook, computes ``requant(x @ W^T) + b`` while
+    ``state["on"]`` (x: the layer's input after QuantSim's input hook)."""
+
+    def hook(self, mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if not self.state["on"]:
+            return out
+        y = self(nn.functional.linear(args[0], mod.weight))
+        return y if mod.bias is None else y + mod.bias
+
+
 def _insert_requant(gm: nn.Module, activations: list[dict[str, Any]], state: dict[str, bool]) -> None:
-    """After each named fx node, a :class:`_Requant` that every user of the node then reads."""
+    """After each named fx node, a :class:`_Requant` that every user of the node then reads;
+    then the recomputed nodes (reading their input as requantized) and the Linear hooks."""
     if not isinstance(gm, torch.fx.GraphModule):
         raise ConfigError("QuantSim: activations are placed by torch.fx node name; the model is not a GraphModule")
     nodes = {n.name: n for n in gm.graph.nodes}
-    for i, a in enumerate(activations):
+    for a in activations:
         node = nodes.get(a["node"])
         if node is None:
             raise ConfigError(f"QuantSim: the model has no fx node {a['node']!r} to requantize")
+        if a.get("before_bias") and not (node.op == "call_module"
+                                         and isinstance(gm.get_submodule(node.target), nn.Linear)):
+            raise ConfigError(f"QuantSim: fx node {a['node']!r} is not a Linear layer (before_bias)")
+    plain = [a for a in activations if "recompute" not in a and not a.get("before_bias")]
+    for i, a in enumerate(plain):
+        node = nodes[a["node"]]
         name = f"edgeopt_requant_{i}"
         gm.add_submodule(name, _Requant(a, state))
         users = list(node.users)
@@ -300,5 +360,26 @@ def _insert_requant(gm: nn.Module, activations: list[dict[str, Any]], state: dic
             rq = gm.graph.call_module(name, (node,))
         for u in users:
             u.replace_input_with(node, rq)
+    for i, a in enumerate(a for a in activations if "recompute" in a):
+        node = nodes[a["node"]]
+        x = node.args[a.get("input", 0)]
+        if not isinstance(x, torch.fx.Node):
+            raise ConfigError(f"QuantSim: argument {a.get('input', 0)} of fx node {a['node']!r} is not a tensor")
+        # the node's own value stays the float fallback; it must not rewrite its input in place
+        if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False):
+            gm.get_submodule(node.target).inplace = False
+        elif node.kwargs.get("inplace"):
+            node.kwargs = {**node.kwargs, "inplace": False}
+        name = f"edgeopt_recompute_{i}"
+        gm.add_submodule(name, _Recompute(copy.deepcopy(a["recompute"]), state))
+        users = list(node.users)
+        with gm.graph.inserting_after(node):
+            rc = gm.graph.call_module(name, (x, node))
+        for u in users:
+            u.replace_input_with(node, rc)
+    for i, a in enumerate(a for a in activations if a.get("before_bias")):
+        bb = _BeforeBias(a, state)
+        gm.add_submodule(f"edgeopt_before_bias_{i}", bb)  # deep-copied with the model, hook included
+        gm.get_submodule(nodes[a["node"]].target).register_forward_hook(bb.hook)
     gm.graph.lint()
     gm.recompile()
