@@ -266,7 +266,9 @@ def cifar(args, out: Path, force: set[str], suffix: str) -> None:
                 "runs": [{"seed": r["seed"], "student": r["student"]["test_acc"], "baseline": r["baseline"]["test_acc"]}
                          for r in rep["runs"]], "warnings": rep["warnings"], "paths": rep["paths"]}
 
-    c = cells.get("response", cell)
+    # the budget is in the key: a 3-seed run must not reuse a 1-seed cell (the seeds already
+    # trained are reused by distill() itself, seed by seed, from out/response/runs)
+    c = cells.get(f"response, {args.seeds} seed(s), {args.cifar_epochs} epoch(s)", cell)
     if "error" in c:
         rows = [["mobilenetv2_student, response KD", "–", "–", "–", f"failed: {c['error'][:160]}", "–", "–"]]
     else:
@@ -355,7 +357,7 @@ def prune_part(args, out: Path, force: set[str], suffix: str) -> None:
     model, side = load_checkpoint(ckpt)
     data = load_data_for(ckpt)
     cells = Cells(out / "cells.json", force)
-    c = cells.get("recovery", lambda: prune_recovery_with_distillation(
+    c = cells.get(f"recovery, {args.seeds} seed(s), {args.prune_epochs} epoch(s), macs {args.prune_macs}", lambda: prune_recovery_with_distillation(
         model, data, macs=args.prune_macs, epochs=args.prune_epochs, lr=args.prune_lr, seeds=args.seeds,
         max_steps=args.max_steps))
     arch = (side.get("arch") or {}).get("name", "model")
