@@ -290,10 +290,18 @@ def test_pt2_with_code_is_refused(pt2e, tmp_path):
 def test_docstring_examples():
     import doctest
 
-    from edgeopt.quantize import _torch_common, _torch_pt2e, torch_backend
+    from edgeopt.quantize import (
+        _torch_common,
+        _torch_pt2e,
+        torch_backend,
+        torch_fx_check,
+        torch_fx_layers,
+        torch_fx_qconfig,
+    )
     from edgeopt.runtime import torch_export_runner
 
-    for mod in (torch_backend, _torch_common, _torch_pt2e, torch_export_runner):
+    for mod in (torch_backend, _torch_common, _torch_pt2e, torch_export_runner, torch_fx_check, torch_fx_layers,
+                torch_fx_qconfig):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
 

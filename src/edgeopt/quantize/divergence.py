@@ -5,16 +5,22 @@ Both GraphModules come from the same calibrated ``prepare_fx`` graph: the refere
 model (``convert_fx``) the engine's kernels. Each quantization point of the reference is a
 ``quantize_per_tensor`` whose scale attribute (``features_1_block_1_scale_0``) the int8 op
 that replaced it still reads, or whose producer the int8 graph still calls by name
-(``features.1.block.0.0``): that is how nodes are paired.
+(``features.1.block.0.0``), or a function it calls as traced (``cat_1``, ``mean``) by name:
+that is how nodes are paired.
 
 :func:`locate_divergence` runs both on the same images and measures, for each paired node,
 the SQNR (dB) of the int8 output against the reference's, before (its inputs) and after
 (its output), and whether the node itself computes something else: fed the reference's own
 inputs, how many of its output codes differ. Nodes that differ themselves are ranked by
-their SQNR drop; their op type names the reason.
+their SQNR drop; their op type and what was measured around them name the reason: an
+input that already differs (from an op with no reference node to compare at), an input
+the int8 graph leaves on its producer's grid (an ``Identity`` before a cat: the int8 graph
+has no quantization point there, so the cat requantizes), and for a layer off by more than
+rounding whether this CPU has VNNI (without it fbgemm's 16-bit sums can saturate).
 
-The measured causes (SE blocks' global average pool and gate ``mul``) and the reference that
-rounds them as the kernels do are in :mod:`edgeopt.quantize.int8_rounding`.
+The measured causes (SE blocks' global average pool, functional mean and gate ``mul``,
+GhostNet's cat) and the reference that quantizes and rounds them as the kernels do are in
+:mod:`edgeopt.quantize.int8_rounding`.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ import torch
 from torch import fx, nn
 
 from edgeopt.quantize.math import sqnr
+from edgeopt.quantize.torch_divergence_causes import cpu_has_vnni, reason
 
 #: an SQNR above this counts as exact when drops are ranked: 60 dB is ~1/8 LSB of an 8-bit
 #: full-scale signal (ideal 8-bit quantization gives ~48 dB), a few codes off by 1
 _CAP_DB = 60.0
-_FIXED_QPARAMS = ("Sigmoid", "Hardsigmoid", "Tanh", "sigmoid", "hardsigmoid", "tanh")
 
 
 # -- pairing and recording ------------------------------------------------------------------------
@@ -39,22 +45,38 @@ class _Recorder(fx.Interpreter):
 
     With ``force``, each paired node's output is replaced by the reference's value (on the
     node's own grid) once it is recorded, so every node runs on the reference's inputs and
-    ``codes_off`` counts the codes it computes differently by itself.
+    ``codes_off`` counts the codes it computes differently by itself. A node whose int8
+    output is on another grid than the reference's quantization point after it (``grids``:
+    the reference's scale and zero point) is not forced: the int8 graph does not quantize
+    there (an ``Identity`` before a cat keeps its producer's scale), so it computes nothing
+    itself; it is recorded in ``regrid`` and the next op's requantization is measured instead.
     """
 
-    def __init__(self, gm: fx.GraphModule, force: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, force: dict[str, torch.Tensor] | None = None,
+                 grids: dict[str, tuple[float, int]] | None = None) -> None:
         super().__init__(gm)
         self.values: dict[str, torch.Tensor] = {}
+        self.qparams: dict[str, tuple[float, int]] = {}
         self.force = force
+        self.grids = grids or {}
         self.codes_off: dict[str, tuple[float, int]] = {}  # node: (fraction of codes off, max |LSB|)
+        self.regrid: dict[str, dict[str, Any]] = {}  # node: its int8 grid and the reference's
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if not isinstance(out, torch.Tensor):
             return out
         self.values[n.name] = out.dequantize() if out.is_quantized else out.detach()
+        if out.is_quantized and out.qscheme() == torch.per_tensor_affine:
+            self.qparams[n.name] = (float(out.q_scale()), int(out.q_zero_point()))
         want = None if self.force is None else self.force.get(n.name)
-        if want is None or want.shape != out.shape:
+        if want is None or want.numel() != out.numel():
+            return out
+        want = want.reshape(out.shape)  # a mean the int8 graph keeps 4-D (keepdim_means): same values
+        grid = self.grids.get(n.name)
+        if out.is_quantized and grid is not None and n.name in self.qparams and not (
+                math.isclose(self.qparams[n.name][0], grid[0], rel_tol=1e-6) and self.qparams[n.name][1] == grid[1]):
+            self.regrid[n.name] = {"int8": self.qparams[n.name], "reference": grid}
             return out
         # the layout too: a kernel can round otherwise on NCHW than on the channels-last int8 conv outputs
         fmt = (torch.channels_last if out.dim() == 4 and not out.is_contiguous()
@@ -66,6 +88,20 @@ class _Recorder(fx.Interpreter):
         diff = (out.int_repr().to(torch.int32) - forced.int_repr().to(torch.int32)).abs()
         self.codes_off[n.name] = (float((diff > 0).double().mean()), int(diff.max()) if diff.numel() else 0)
         return forced
+
+
+def _grids(reference: fx.GraphModule, pairs: dict[str, tuple[str, fx.Node]]) -> dict[str, tuple[float, int]]:
+    """``{int8 node: (scale, zero point)}`` of the reference quantize node it pairs with."""
+    nodes = {n.name: n for n in reference.graph.nodes}
+    out: dict[str, tuple[float, int]] = {}
+    for name, (rname, _) in pairs.items():
+        q = nodes.get(rname)
+        if q is None or q.target is not torch.quantize_per_tensor:
+            continue
+        attrs = q.args[1:3]
+        if all(isinstance(a, fx.Node) and a.op == "get_attr" for a in attrs):
+            out[name] = (float(getattr(reference, attrs[0].target)), int(getattr(reference, attrs[1].target)))
+    return out
 
 
 def _kind(node: fx.Node, mods: dict[str, nn.Module]) -> str:
@@ -81,7 +117,8 @@ def _pairs(reference: fx.GraphModule, int8_model: fx.GraphModule) -> dict[str, t
     An int8 op that reads a scale attribute pairs with the reference's quantize node of that
     scale; an int8 module pairs by name with the producer of a reference quantize node (its
     quantized output), or with the producer itself when the int8 module outputs float (a
-    float op between dequantize and quantize, e.g. SiLU).
+    float op between dequantize and quantize, e.g. SiLU); a function the int8 graph calls
+    as it was traced (``torch.cat``, ``x.mean``) pairs by name and op.
     """
     by_scale: dict[str, fx.Node] = {}
     by_src: dict[str, fx.Node] = {}
@@ -103,6 +140,11 @@ def _pairs(reference: fx.GraphModule, int8_model: fx.GraphModule) -> dict[str, t
             if q is not None and n.users and all(u.target is torch.quantize_per_tensor for u in n.users):
                 pairs[n.name] = (q.args[0].name, q.args[0])  # float output, quantized by the next node
                 continue
+        elif q is None and n.name in by_src:
+            # a function convert_fx left in place (torch.cat, x.mean): the same name and op
+            src = by_src[n.name].args[0]
+            if src.meta.get("edgeopt_replaces_target", src.target) == n.target:
+                q = by_src[n.name]
         if q is not None:
             pairs[n.name] = (q.name, q.args[0])
     return pairs
@@ -119,32 +161,20 @@ def _where(node: fx.Node, int8_node: fx.Node) -> str:
     return ""
 
 
-def _reason(kind: str, src_kind: str, inputs: list[str], max_lsb: int) -> str:
-    gate = any(k in _FIXED_QPARAMS for k in inputs)
-    if kind in ("AdaptiveAvgPool2d", "AvgPool2d", "mean", "adaptive_avg_pool2d", "avg_pool2d", "int8_global_avg_pool"):
-        return ("the int8 average pool rounds the mean of the integer codes half to even while the reference's "
-                "float mean lands exact ties on either side (1 LSB on a pooled value that keeps the feature map's scale)")
-    if kind in ("mul", "mul_relu", "int8_mul") and gate:
-        return ("fixed-qparams sigmoid/hardsigmoid output (scale 1/256) multiplied into the features: the int8 mul "
-                "requantizes the integer product with one float32 multiplier and rounds near-ties otherwise than "
-                "the reference's float mul")
-    if kind in ("mul", "add", "mul_relu", "add_relu", "cat", "int8_mul"):
-        return (f"requantized {kind}: the int8 kernel requantizes with a float32 multiplier and rounds near-ties "
-                f"otherwise than the reference's float {kind}")
-    if kind in ("Hardswish", "hardswish"):
-        return "quantized hardswish: the int8 kernel evaluates x*relu6(x+3)/6 on the codes and rounds otherwise"
-    if kind in _FIXED_QPARAMS:
-        return (f"fixed-qparams {kind.lower()} output (scale 1/256, zero point 0): the int8 kernel computes it from the "
-                f"codes and rounds otherwise than the reference's float {kind.lower()}")
-    if kind == "quantize_per_tensor":
-        return f"the output of a float op ({src_kind}) requantized: float rounding differs from the reference's"
-    if max_lsb > 2:
-        # more than rounding, and the located node alone cannot tell which of these it is
-        # (timm's MobileNetV3 shows it on a VNNI CPU, where saturation is not expected)
-        return (f"the int8 {kind} is off by up to {max_lsb} LSB, more than rounding: 16-bit saturating uint8 x int8 "
-                f"sums (CPUs without VNNI, reduce_range off), an overflowing accumulator, or an input the kernel "
-                f"receives otherwise than the reference (e.g. a functional mean before it)")
-    return f"the int8 {kind} requantizes its int32 accumulator with a float32 multiplier and rounds near-ties otherwise"
+def _input_off(n: fx.Node, src: fx.Node, got: _Recorder, ref: _Recorder) -> tuple[float, int] | None:
+    """How the first tensor input of int8 node ``n`` in the forced run differs from its
+    reference node's: (fraction of codes off, max LSB), None when equal or not comparable."""
+    a = next((i for i in n.all_input_nodes if i.op != "get_attr"), None)
+    b = next((i for i in src.all_input_nodes if i.op != "get_attr"), None)
+    if a is None or b is None or a.name not in got.qparams:
+        return None
+    mine, theirs = got.values.get(a.name), ref.values.get(b.name)
+    if mine is None or theirs is None or mine.shape != theirs.shape:
+        return None
+    lsb = torch.round((mine - theirs).abs() / got.qparams[a.name][0])
+    if not bool((lsb > 0).any()):
+        return None
+    return float((lsb > 0).double().mean()), int(lsb.max())
 
 
 def locate_divergence(reference: fx.GraphModule, int8_model: fx.GraphModule, x: torch.Tensor,
@@ -168,7 +198,11 @@ def locate_divergence(reference: fx.GraphModule, int8_model: fx.GraphModule, x: 
     Returns:
         Dicts with ``node`` (int8 graph node), ``layer`` (qualified module name: the module,
         or the one whose forward() called the op), ``op`` (module class or function),
-        ``sqnr_before_db``, ``sqnr_after_db``, ``codes_off``, ``max_lsb``, ``reason``.
+        ``sqnr_before_db``, ``sqnr_after_db``, ``codes_off``, ``max_lsb``, ``reason``; and
+        where measured, ``input_codes_off`` (the node's own input already differs from the
+        reference's: the cause is before it) and ``regrid_inputs`` (inputs the int8 graph
+        leaves on their producer's grid where the reference quantizes them to another:
+        ``{"node", "int8": [scale, zero point], "reference": [...]}``).
 
     Example:
         >>> from torch.ao.quantization import get_default_qconfig_mapping
@@ -188,34 +222,71 @@ def locate_divergence(reference: fx.GraphModule, int8_model: fx.GraphModule, x: 
         ref.run(x)
         got = _Recorder(int8_model)
         got.run(x)
-        forced = _Recorder(int8_model, {n: ref.values[r] for n, (r, _) in pairs.items() if r in ref.values})
+        forced = _Recorder(int8_model, {n: ref.values[r] for n, (r, _) in pairs.items() if r in ref.values},
+                           _grids(reference, pairs))
         forced.run(x)
     mods = dict(int8_model.named_modules())
     rmods = dict(reference.named_modules())
     after: dict[str, float] = {}
     order: dict[str, int] = {}
     rows = []
+    vnni = cpu_has_vnni()
+    nodes = {m.name: m for m in int8_model.graph.nodes}
     for i, n in enumerate(int8_model.graph.nodes):
         order[n.name] = i
         if n.name not in pairs or n.name not in got.values:
             continue
         rname, src = pairs[n.name]
         want = ref.values.get(rname)
-        if want is None or want.shape != got.values[n.name].shape:
+        if want is None or want.numel() != got.values[n.name].numel():
             continue
+        want = want.reshape(got.values[n.name].shape)
         after[n.name] = sqnr(want, got.values[n.name])
-        before = [after[a] for a in _paired_inputs(n, after)]
+        paired_in = _paired_inputs(n, after)
+        before = [after[a] for a in paired_in]
         off, lsb = forced.codes_off.get(n.name, (0.0, 0))
         if off == 0.0:
             continue
         kind = _kind(n, mods)
         inputs = [_kind(a, mods) for a in n.all_input_nodes if a.op in ("call_module", "call_function")]
         src_kind = _kind(src, rmods) if src.op in ("call_module", "call_function") else src.op
-        rows.append({"node": n.name, "layer": _where(src, n), "op": kind,
-                     "sqnr_before_db": _db(min(before, default=math.inf)), "sqnr_after_db": _db(after[n.name]),
-                     "codes_off": float(f"{off:.3g}"), "max_lsb": lsb, "reason": _reason(kind, src_kind, inputs, lsb)})
+        regrid = [{"node": a, "layer": _where(pairs[a][1], nodes[a]), "op": _kind(nodes[a], mods), **forced.regrid[a]}
+                  for a in paired_in if a in forced.regrid]
+        input_off = None
+        measured = _input_off(n, src, forced, ref) if kind != "quantize_per_tensor" and not regrid else None
+        if measured is not None:
+            producer = _producer(next(m for m in n.all_input_nodes if m.op != "get_attr"))
+            input_off = {"codes_off": measured[0], "max_lsb": measured[1], "from": f"{_kind(producer, mods)} "
+                         f"({_where(producer, producer) or producer.name})"}
+        row = {"node": n.name, "layer": _where(src, n), "op": kind,
+               "sqnr_before_db": _db(min(before, default=math.inf)), "sqnr_after_db": _db(after[n.name]),
+               "codes_off": float(f"{off:.3g}"), "max_lsb": lsb,
+               "reason": reason(kind, src_kind, inputs, lsb, input_off, regrid, vnni)}
+        if input_off:
+            row["input_codes_off"] = float(f"{input_off['codes_off']:.3g}")
+        if regrid:
+            row["regrid_inputs"] = [{"node": r["node"], "int8": list(r["int8"]), "reference": list(r["reference"])}
+                                    for r in regrid]
+        rows.append(row)
     rows.sort(key=lambda r: (_capped(r["sqnr_after_db"]) - _capped(r["sqnr_before_db"]), order[r["node"]]))
     return rows[:top]
+
+
+#: ops that only reshape or re-type a tensor: a difference comes from before them
+_PASS_ON = ("squeeze", "unsqueeze", "view", "reshape", "flatten", "contiguous", "dequantize", "Flatten", "Identity")
+
+
+def _producer(node: fx.Node) -> fx.Node:
+    """The op behind ``node`` that computes values (through squeeze, flatten, ...)."""
+    for _ in range(16):
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if node.op == "call_module":
+            name = type(node.graph.owning_module.get_submodule(node.target)).__name__
+        inputs = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if name not in _PASS_ON or not inputs:
+            break
+        node = inputs[0]
+    return node
 
 
 def _db(v: float) -> float | None:
