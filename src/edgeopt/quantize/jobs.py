@@ -77,8 +77,8 @@ def quantize_checkpoint(
     Returns:
         ``{"artifact", "quantization": QuantResult.to_dict(), "figures", "variants"}``.
     """
-    from edgeopt.models import load_checkpoint
     from edgeopt.jobs import load_data_for
+    from edgeopt.models import load_checkpoint
     from edgeopt.quantize._base import quantize
     from edgeopt.runtime import check_threads
 
@@ -107,8 +107,8 @@ def scan_checkpoint(checkpoint: str | Path, config: QuantConfig, out_dir: str | 
                     data: Any = None, *, samples: int = 512, progress: bool = True,
                     resize: bool = False) -> dict[str, Any]:
     """Run :func:`~edgeopt.quantize.sensitivity.scan_sensitivity` on a checkpoint's model."""
-    from edgeopt.models import load_checkpoint
     from edgeopt.jobs import load_data_for
+    from edgeopt.models import load_checkpoint
     from edgeopt.quantize.sensitivity import scan_sensitivity
 
     p = Path(checkpoint)

@@ -192,7 +192,7 @@ def simulated_tensors(activations: list[dict[str, Any]]) -> int:
 def _linear_products(left: list[str], qdq: Any, proto: Any, model: torch.fx.GraphModule,
                      wanted: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """``MatMul(x, W) -> Q/DQ -> Add(bias)``: a Linear whose product the file requantizes."""
-    from edgeopt.quantize.onnxruntime_backend import weight_nodes
+    from edgeopt.quantize.ort_qdq_file import weight_nodes
 
     producer, consumers, _ = _graph(proto)
     layers = weight_nodes(qdq)  # node name -> layer (MatMul nodes keep their names)
