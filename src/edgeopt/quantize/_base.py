@@ -165,10 +165,16 @@ def top1_agreement(reference: nn.Module, artifact: Any, samples: torch.Tensor, t
     return out
 
 
-def _unmodelled(meta: dict[str, Any]) -> str:
+def _unmodelled(meta: dict[str, Any]) -> str | Callable[[], str]:
     """What a backend knows about why its reference differs from the file, as a clause for
-    the warning: the requantized tensors the reference does not simulate, and how well the
-    file agrees with its own QDQ graph (so whether the gap is the file's or the reference's)."""
+    the warning: the requantized tensors the reference does not simulate, how well the file
+    agrees with its own QDQ graph (so whether the gap is the file's or the reference's), and
+    where the file departs from the reference op by op.
+
+    The last one costs runs of both, so a backend leaves it in ``meta["divergence"]`` as an
+    object with ``locate() -> str`` (litert: :class:`~edgeopt.quantize.litert_divergence.DivergenceLocator`);
+    the clause is then a callable that :func:`agreement_warning` calls only below the floor.
+    """
     out = ""
     names = list((meta.get("reference_requantizes") or {}).get("not_simulated") or [])
     if names:
@@ -182,13 +188,18 @@ def _unmodelled(meta: dict[str, Any]) -> str:
                 f"reference, which does not model some of the file's quantization" if a >= 99 else
                 f"; the file agrees only {a:.1f} % with its own QDQ graph run op by op: ONNX Runtime's "
                 f"fused int8 kernels compute something else than the graph says")
+    locator = meta.get("divergence")
+    if callable(getattr(locator, "locate", None)):
+        static = out
+        return lambda: static + locator.locate()
     return out
 
 
 def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float = AGREEMENT_FLOOR,
-                      why: str = "") -> str | None:
+                      why: str | Callable[[], str] = "") -> str | None:
     """The warning for an artifact that agrees with its reference on fewer than ``floor`` of
-    top-1 predictions, or None.
+    top-1 predictions, or None. ``why`` (a clause, or a callable returning one, called only
+    below the floor; one that fails adds nothing) says what the reference does not model.
 
     Example:
         >>> agreement_warning({"samples": 512, "top1_agreement": 0.93}, QuantConfig(backend="litert"))[:52]
@@ -197,6 +208,11 @@ def agreement_warning(agreement: dict[str, Any], cfg: QuantConfig, floor: float 
     a = agreement.get("top1_agreement")
     if a is None or a >= floor:
         return None
+    if callable(why):
+        try:
+            why = why()
+        except Exception:  # noqa: BLE001 - a diagnosis that fails is no clause, never an error
+            why = ""
     engine = f" ({cfg.engine})" if cfg.backend == "torch" else ""
     return (
         f"the {cfg.backend}{engine} int8 artifact agrees with its fake-quant PyTorch reference on only "

@@ -12,6 +12,14 @@ come from its own HistogramObserver (``calibration="minmax"``, the default, stan
 ``percentile``/``entropy`` are onnxruntime-backend options), activations are always
 symmetric int8, and its quantizer cannot leave single layers float (``keep_float`` and
 ``max_drop`` are refused with that reason). The file has a fixed batch size of 1.
+
+Where the file's kernels compute what the graph does not say, the reference is made to
+compute it too (average pools on the file's grid, biases on the int32 grid, global means
+rounded as XNNPACK rounds them: :mod:`edgeopt.quantize.litert_means`). What remains is
+located, when the agreement is below the floor, by
+:class:`~edgeopt.quantize.litert_divergence.DivergenceLocator` (``meta["divergence"]``): the
+first file op that departs from the reference beyond rounding, or the evidence that none
+does and the model amplifies rounding noise.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
     from edgeopt.artifact import Artifact
     from edgeopt.export import tflite_export as tfx
     from edgeopt.quantize.layers import quantizable_layers
+    from edgeopt.quantize.litert_divergence import DivergenceLocator
+    from edgeopt.quantize.litert_means import means_rounded_like_the_file
 
     if keep_float:
         raise ConfigError("the litert backend cannot keep single layers float (litert-torch's quantizer has "
@@ -100,6 +110,9 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         ) from None
     inp, outp = tfx.io_details(content)
     pools = pools_on_the_files_grid(quantized, content, calibration[:16])
+    means = means_rounded_like_the_file(quantized, content)
+    # run by quantize() only when the agreement is below the floor: names the op that departs
+    locator = DivergenceLocator(quantized, content, calibration[:32])
     write_with_atomic(out, lambda p: p.write_bytes(content))
     meta: dict[str, Any] = {
         "precision": "int8", "exporter": "litert-torch PT2EQuantizer", "batch_size": 1, "layout": "NCHW",
@@ -126,6 +139,8 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
         n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) and n in quantizable_layers(model)]
     extra = {"qat": {k: v for k, v in qat_info.items()}} if qat_info else {}
     extra["reference_pools"] = pools["pools"]
+    extra["reference_means"] = [m["node"] for m in means]
+    extra["divergence"] = locator
     return Built(art, quantized, float_layers=float_layers, warnings=pools["warnings"],
                  meta={"quantizer": "litert-torch PT2EQuantizer", **extra})
 
