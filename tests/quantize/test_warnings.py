@@ -83,6 +83,17 @@ def test_the_agreement_warning_names_what_the_reference_does_not_simulate():
     assert _unmodelled({}) == ""
 
 
+def test_the_torch_held_out_warning_names_where_the_calibration_check_found_the_parting():
+    meta = {"reference_divergence": {"nodes": [{
+        "node": "conv_pw", "layer": "blocks.1.1.conv_pw", "op": "Conv2d", "codes_off": 1.7e-6, "max_lsb": 1,
+        "reason": "the int8 Conv2d requantizes its int32 accumulator with a float32 multiplier"}]}}
+    w = _base.agreement_warning({"samples": 512, "top1_agreement": 0.957, "max_abs_diff": 1.36},
+                                QuantConfig(backend="torch"), why=_base._unmodelled(meta))
+    assert "95.70 %" in w
+    assert ("already parts from it at blocks.1.1.conv_pw (Conv2d, 0.00017 % of its codes off by up to 1 LSB: "
+            "the int8 Conv2d requantizes") in w
+
+
 def test_the_agreement_warning_says_whether_the_file_or_the_reference_is_off(digits_cnn, digits_data, tmp_path):
     from edgeopt.quantize import QuantConfig, quantize
     from edgeopt.quantize._base import _unmodelled

@@ -188,6 +188,14 @@ def _unmodelled(meta: dict[str, Any]) -> str | Callable[[], str]:
                 f"reference, which does not model some of the file's quantization" if a >= 99 else
                 f"; the file agrees only {a:.1f} % with its own QDQ graph run op by op: ONNX Runtime's "
                 f"fused int8 kernels compute something else than the graph says")
+    for note in meta.get("reference_notes") or []:
+        out += f"; {note}"
+    nodes = (meta.get("reference_divergence") or {}).get("nodes") or []
+    if nodes:  # torch: the calibration check located where the int8 model parts from its reference
+        n = nodes[0]
+        out += (f"; on calibration images the int8 model already parts from it at {n.get('layer') or n.get('node')} "
+                f"({n.get('op')}, {100 * float(n.get('codes_off') or 0):.2g} % of its codes off by up to "
+                f"{n.get('max_lsb')} LSB: {n.get('reason')}), rounding this model amplifies")
     locator = meta.get("divergence")
     if callable(getattr(locator, "locate", None)):
         static = out

@@ -141,6 +141,8 @@ def build(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor, out: Pa
     extra["reference_pools"] = pools["pools"]
     extra["reference_means"] = [m["node"] for m in means]
     extra["divergence"] = locator
+    if pools.get("note"):
+        extra["reference_notes"] = [pools["note"]]
     return Built(art, quantized, float_layers=float_layers, warnings=pools["warnings"],
                  meta={"quantizer": "litert-torch PT2EQuantizer", **extra})
 
@@ -263,7 +265,8 @@ def pools_on_the_files_grid(graph: Any, content: bytes, calibration: torch.Tenso
     file's, not the reference's.
 
     Returns:
-        ``{"pools": [{"node", "op", "input", "output", "clipped"}], "warnings": [...]}``;
+        ``{"pools": [{"node", "op", "input", "output", "clipped"}], "warnings": [...]}`` and, when the
+        graph and the file count their pools differently, ``"note"`` (a clause for the agreement warning);
         ``pools`` is empty (and the reference unchanged) when the graph and the file do not
         have the same number of pools.
     """
@@ -272,10 +275,12 @@ def pools_on_the_files_grid(graph: Any, content: bytes, calibration: torch.Tenso
              and getattr(n.target, "__name__", "") in _POOL_TARGETS and getattr(n.target, "namespace", "") == "aten"]
     file_pools = file_pool_qparams(content)
     if not nodes or len(nodes) != len(file_pools):
-        why = [] if not nodes and not file_pools else [(
-            f"the reference has {len(nodes)} average pool(s) and the int8 file {len(file_pools)}: the reference "
-            f"keeps its own pooling ranges (its agreement with the file may be lower for that reason)")]
-        return {"pools": [], "warnings": why}
+        # not a warning of its own: most extra pools are 1x1 maps the converter deletes or means
+        # it runs in float; the agreement warning (below the floor only) carries it as a clause
+        note = None if not nodes and not file_pools else (
+            f"the reference has {len(nodes)} average pool(s) and the int8 file {len(file_pools)}, so the "
+            f"reference keeps its own pooling ranges")
+        return {"pools": [], "warnings": [], "note": note}
     placed, watch = [], {}
     for n, fp in zip(nodes, file_pools):
         x = n.args[0]
