@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,18 @@ def _same_op(ref: fx.Node, int8: fx.Node) -> bool:
     return ref.op == int8.op and ref.target == int8.target
 
 
+def _quantization_points(graph: fx.Graph) -> Iterator[tuple[fx.Node, fx.Node]]:
+    """``(quantize_per_tensor node, the node whose output it quantizes)`` for every
+    quantization point of a reference graph that follows a computing node; lazily, so a
+    caller that rewrites the graph sees each point's source as it is when reached."""
+    for node in list(graph.nodes):
+        if not (node.op == "call_function" and node.target is torch.quantize_per_tensor):
+            continue
+        src = node.args[0]
+        if isinstance(src, fx.Node) and src.op in ("call_module", "call_function", "call_method"):
+            yield node, src
+
+
 def match_quantization_points(reference: fx.GraphModule, int8_model: fx.GraphModule,
                               qparams: dict[str, tuple[float, int]]) -> int:
     """Give each reference quantization point the grid the int8 model really has there, in
@@ -184,12 +197,7 @@ def match_quantization_points(reference: fx.GraphModule, int8_model: fx.GraphMod
     int8_nodes = {n.name: n for n in int8_model.graph.nodes}
     graph = reference.graph
     changed = 0
-    for node in list(graph.nodes):
-        if not (node.op == "call_function" and node.target is torch.quantize_per_tensor):
-            continue
-        src = node.args[0]
-        if not isinstance(src, fx.Node) or src.op not in ("call_module", "call_function", "call_method"):
-            continue
+    for node, src in _quantization_points(graph):
         other = int8_nodes.get(src.name)
         if other is None or src.name not in qparams or not _same_op(src, other):
             continue
@@ -259,12 +267,7 @@ def match_int8_rounding(reference: fx.GraphModule, layouts: dict[str, bool] | No
     done = {"global_avg_pool": 0, "mean": 0, "mul": 0, "cat": 0, "quantization_points": 0}
     if int8_model is not None and qparams:
         done["quantization_points"] = match_quantization_points(reference, int8_model, qparams)
-    for node in list(graph.nodes):
-        if not (node.op == "call_function" and node.target is torch.quantize_per_tensor):
-            continue
-        src = node.args[0]
-        if not isinstance(src, fx.Node) or src.op not in ("call_module", "call_function", "call_method"):
-            continue
+    for node, src in _quantization_points(graph):
         mod = mods.get(src.target) if src.op == "call_module" else None
         cl = layouts.get(str(src.target) if src.op == "call_module" else src.name, True)
         if (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))) or _is_global_pool_fn(src):
