@@ -38,14 +38,30 @@ class Built:
 
 
 @functools.cache
-def cpu_has_vnni() -> bool:
-    """True when this CPU has VNNI int8 dot-product instructions (Linux /proc/cpuinfo; read
-    once per process, since every quantization asks several times)."""
+def cpu_vnni() -> bool | None:
+    """Whether this CPU has VNNI int8 dot-product instructions (uint8 x int8 products summed
+    in 32 bits; without them fbgemm sums pairs in saturating 16 bits), from the ``flags`` of
+    Linux /proc/cpuinfo, read once per process; None when unknown.
+
+    Example:
+        >>> cpu_vnni() in (True, False, None)
+        True
+    """
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return True  # unknown: assume a modern CPU, the user can set reduce_range
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"))
+        return None
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+    if not flags:
+        return None
+    return bool(flags & {"avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+
+
+def cpu_has_vnni() -> bool:
+    """:func:`cpu_vnni` as a bool: without /proc/cpuinfo, assume a modern CPU with VNNI (the
+    user can set reduce_range); a cpuinfo without x86 ``flags`` (ARM) has none."""
+    v = cpu_vnni()
+    return v if v is not None else not Path("/proc/cpuinfo").is_file()
 
 
 def reduce_range_for(cfg: QuantConfig) -> bool:

@@ -218,14 +218,12 @@ def file_pool_qparams(content: bytes) -> list[dict[str, Any]]:
     """The int8 pooling ops of a ``.tflite`` in execution order, with their input and output
     scale and zero point (``[{"op", "input": (scale, zp), "output": (scale, zp)}]``)."""
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    # the built-in op resolver: with XNNPACK the delegated ops are listed as DELEGATE
-    it = Interpreter(model_content=content, num_threads=1,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    from edgeopt.quantize.litert_file import file_graph
+
+    tensors, ops = file_graph(content)
     found = []
-    for op in it._get_ops_details():  # the one API that lists a model's ops
+    for op in ops:
         if op["op_name"] not in _FILE_POOL_OPS:
             continue
         i, o = tensors[op["inputs"][0]], tensors[op["outputs"][0]]

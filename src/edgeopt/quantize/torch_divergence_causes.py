@@ -10,33 +10,12 @@ pairs; with it that cannot be the cause, so the text does not claim it).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from edgeopt.quantize._base import cpu_vnni as cpu_has_vnni  # noqa: F401 - re-exported; None when unknown
 
 #: ops with fixed output qparams (scale 1/256 or 2/256): their int8 kernels compute from the codes
 _FIXED_QPARAMS = ("Sigmoid", "Hardsigmoid", "Tanh", "sigmoid", "hardsigmoid", "tanh")
-
-
-def cpu_has_vnni() -> bool | None:
-    """Whether this CPU has VNNI (AVX-512 VNNI or AVX-VNNI: uint8 x int8 products summed in
-    32 bits; without it fbgemm sums pairs in saturating 16 bits); None when unknown (no
-    ``/proc/cpuinfo``).
-
-    Example:
-        >>> cpu_has_vnni() in (True, False, None)
-        True
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    if not flags:
-        return None
-    return bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"})
 
 
 def _grid(q: tuple[float, int]) -> str:
