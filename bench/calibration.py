@@ -75,9 +75,7 @@ def main() -> None:
     best = min(worst, key=lambda m: (worst[m], mean[m])) if worst else None
     rows.append(["**worst drop / mean drop (points)**", ""]
                 + [f"{worst[m]:.2f} / {mean[m]:.2f}" if m in worst else "" for m in METHODS])
-    from edgeopt.quantize.config import QuantConfig as QC
-
-    default = QC().calibration
+    default = QuantConfig().calibration
     notes_text = (
         "Static int8, ONNX Runtime, per channel, 512 calibration images from the training split; top-1 on "
         "the whole test split with each checkpoint's own preprocessing; in brackets the change against the "
